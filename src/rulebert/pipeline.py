@@ -1,0 +1,60 @@
+"""The competition flow in one call: train on train.csv + test.csv's examples, predict test.csv."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rulebert.config import TrainConfig
+from rulebert.errors import RulebertError
+
+MODEL_SUBDIR = "model"
+SUBMISSION_FILE = "submission.csv"
+REPORT_FILE = "report.md"
+
+
+def run_competition(
+    data_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on DATA/train.csv (+ DATA/test.csv's examples), write OUT/submission.csv and OUT/report.md.
+
+    The model goes to OUT/model. The submission is checked against DATA/sample_submission.csv if present.
+    """
+    from rulebert.predict import predict_file
+    from rulebert.report import write_markdown_report
+    from rulebert.train import train_model
+
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    train_path, test_path = data_dir / "train.csv", data_dir / "test.csv"
+    for path in (train_path, test_path):
+        if not path.is_file():
+            raise RulebertError(f"{path}: file not found (is --data-dir the competition folder?)")
+    result = train_model(
+        config,
+        train_path,
+        output_dir / MODEL_SUBDIR,
+        test_path,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+    )
+    submission = predict_file(
+        result.output_dir,
+        test_path,
+        output_dir / SUBMISSION_FILE,
+        sample_path=data_dir / "sample_submission.csv",
+        progress=progress,
+    )
+    write_markdown_report(output_dir / REPORT_FILE, config, result.metrics, submission_rows=len(submission))
+    return {
+        "model_dir": str(result.output_dir),
+        "submission": str(output_dir / SUBMISSION_FILE),
+        **result.metrics,
+    }

@@ -1,0 +1,208 @@
+"""Fine-tune a checkpoint on labelled (text, rule) rows with the Hugging Face ``Trainer``.
+
+The whole path, in order (see :func:`train_model`):
+read CSVs -> labelled rows (bodies + example cells, de-duplicated) -> split grouped by text ->
+checkpoint with a fresh binary head -> tokenise once, unpadded -> Trainer (length-grouped batches, dynamic
+padding, evaluation + checkpoint each epoch, the best epoch kept) -> model dir with ``rulebert.json``.
+
+The Trainer is what makes this scale: the same code runs on a laptop CPU, one GPU with bf16, or many GPUs
+and nodes under ``torchrun`` / ``accelerate launch``, and it can resume from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from rulebert import data as D
+from rulebert.config import TrainConfig
+from rulebert.errors import RulebertError
+from rulebert.evaluate import classification_metrics
+from rulebert.model import check_output_dir, load_checkpoint, resolve_checkpoint, save_model_dir
+from rulebert.text import encode_rows
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """Tokenised rows (unpadded) with their labels, as the Trainer wants them."""
+
+    def __init__(self, features: list[dict[str, list[int]]], labels: np.ndarray) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.features[index], "labels": int(self.labels[index])}
+
+
+class RulebertTrainer(Trainer):
+    """The stock Trainer, but evaluation reads rows in order, so predictions line up with their rules
+    (per-rule AUC needs that; transformers 5 otherwise length-groups evaluation batches too)."""
+
+    def _get_eval_sampler(self, eval_dataset: torch.utils.data.Dataset) -> torch.utils.data.Sampler:
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_model` produced."""
+
+    output_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _encode(tokenizer: Any, rows: pd.DataFrame, config: TrainConfig) -> list[dict[str, list[int]]]:
+    return encode_rows(
+        tokenizer,
+        rows[D.RULE].tolist(),
+        rows[D.TEXT].tolist(),
+        rows[D.SUBREDDIT].tolist(),
+        input_format=config.input_format,
+        include_subreddit=config.include_subreddit,
+        max_length=config.max_length,
+    )
+
+
+def _use_bf16(setting: str) -> bool:
+    available = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if setting == "on" and not available:
+        raise RulebertError("--bf16 on needs a CUDA device with bf16 support")
+    return setting == "on" or (setting == "auto" and available)
+
+
+def prepare_rows(
+    config: TrainConfig, train_path: str | os.PathLike, test_path: str | os.PathLike | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Labelled rows for training and the data fingerprint recorded with the model."""
+    train_frame = D.read_csv(train_path, labelled=True)
+    test_frame = D.read_csv(test_path, labelled=False) if test_path and config.use_test_examples else None
+    rows, stats = D.labelled_rows(train_frame, test_frame, dedupe=config.dedupe)
+    fingerprint = {
+        "train": D.file_fingerprint(train_path),
+        "test": D.file_fingerprint(test_path) if test_frame is not None else None,
+        "rows": len(rows),
+        "dedupe": asdict(stats),
+    }
+    return rows, fingerprint
+
+
+def train_model(
+    config: TrainConfig,
+    train_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    test_path: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    keep_checkpoints: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on ``train_path`` (+ the example columns of ``test_path``); save the model to ``output_dir``."""
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    rows, fingerprint = prepare_rows(config, train_path, test_path)
+    if not overwrite and not resume:
+        check_output_dir(output_dir, config, fingerprint)
+    base_model = resolve_checkpoint(config.model)
+
+    set_seed(config.seed)  # before the head is created, so its initial weights are reproducible
+    model, tokenizer = load_checkpoint(config.model)
+    train_rows, val_rows = D.grouped_split(rows, config.val_fraction, config.seed)
+    # Evaluation reads rows in order: sort them by length so its batches need little padding.
+    val_rows = val_rows.iloc[np.argsort(val_rows[D.TEXT].str.len().to_numpy(), kind="stable")]
+    train_set = RowDataset(_encode(tokenizer, train_rows, config), train_rows[D.LABEL].to_numpy())
+    val_set = RowDataset(_encode(tokenizer, val_rows, config), val_rows[D.LABEL].to_numpy())
+    val_rules = val_rows[D.RULE].to_numpy()
+    has_val = len(val_set) > 0
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        logits = np.asarray(prediction.predictions, dtype=np.float64)
+        probabilities = np.exp(logits[:, 1] - np.logaddexp(logits[:, 0], logits[:, 1]))
+        metrics = classification_metrics(prediction.label_ids, probabilities, val_rules)
+        return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+    on_gpu = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(output_dir / CHECKPOINT_DIR),
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(64, config.batch_size),
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=_use_bf16(config.bf16),
+        train_sampling_strategy="group_by_length",  # similar lengths share a batch: less padding
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=has_val,
+        metric_for_best_model="col_auc" if has_val else None,
+        greater_is_better=True,
+        logging_strategy="epoch",
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=on_gpu,
+    )
+    trainer = RulebertTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set if has_val else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
+        compute_metrics=compute_metrics if has_val else None,
+    )
+    checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - started
+
+    epochs = [
+        {k.removeprefix("eval_"): v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
+        for entry in trainer.state.log_history
+        if "eval_loss" in entry
+    ]
+    best = max(epochs, key=lambda e: np.nan_to_num(e.get("col_auc", np.nan), nan=-1.0)) if epochs else None
+    metrics = {
+        "validation": best,
+        "epochs": epochs,
+        "train_rows": len(train_set),
+        "validation_rows": len(val_set),
+        "wall_seconds": round(train_seconds, 1),
+        "train_samples_per_second": next(
+            (
+                e["train_samples_per_second"]
+                for e in trainer.state.log_history
+                if "train_samples_per_second" in e
+            ),
+            None,
+        ),
+        "device": "cuda" if on_gpu else "cpu",
+    }
+    if trainer.is_world_process_zero():
+        save_model_dir(
+            output_dir,
+            trainer.model,
+            tokenizer,
+            config=config,
+            base_model=base_model,
+            data=fingerprint,
+            metrics=metrics,
+        )
+        if not keep_checkpoints:
+            shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return TrainResult(output_dir=output_dir, metrics=metrics)

@@ -1,0 +1,163 @@
+"""The command line: real subprocesses for the happy paths, ``main()`` in-process for each bad input."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from rulebert.cli import main
+
+TINY = ["--epochs", "1", "--lr", "1e-3", "--max-length", "48", "--no-progress"]
+
+
+def rulebert(*args, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "rulebert.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_help_lists_the_commands():
+    out = rulebert("--help").stdout
+    for command in ("train", "predict", "run"):
+        assert command in out
+
+
+def test_run_then_predict(tiny_checkpoint, data_dir, tmp_path):
+    out = tmp_path / "out"
+    rulebert("run", "--data-dir", data_dir, "--output-dir", out, "--model", tiny_checkpoint, *TINY)
+    submission = pd.read_csv(out / "submission.csv")
+    assert submission["row_id"].tolist() == pd.read_csv(data_dir / "sample_submission.csv")["row_id"].tolist()
+    assert submission["rule_violation"].between(0, 1).all()
+    assert (out / "model" / "rulebert.json").is_file() and (out / "report.md").is_file()
+    assert "| epoch |" in (out / "report.md").read_text()
+
+    again = tmp_path / "again.csv"
+    rulebert(
+        "predict",
+        "--model-dir",
+        out / "model",
+        "--test",
+        data_dir / "test.csv",
+        "--output",
+        again,
+        "--no-progress",
+    )
+    pd.testing.assert_frame_equal(pd.read_csv(again), submission)
+
+
+def test_bad_input_is_one_line_without_traceback(data_dir, tmp_path):
+    frame = pd.read_csv(data_dir / "train.csv").rename(columns={"rule": "rulez"})
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    result = rulebert("train", "--train", tmp_path / "bad.csv", "--output-dir", tmp_path / "m", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"rulebert: error: {tmp_path / 'bad.csv'}: missing column 'rule' (did you mean 'rulez'?)"
+    ]
+    assert not (tmp_path / "m").exists()
+
+
+def run_main(capsys, *args):
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def edit_csv(data_dir, tmp_path, name, change):
+    frame = pd.read_csv(data_dir / name)
+    change(frame)
+    path = tmp_path / f"edited_{name}"
+    frame.to_csv(path, index=False)
+    return path
+
+
+BAD_TRAIN_FILES = {
+    "empty body": (
+        lambda f: f.__setitem__("body", f["body"].where(f.index != 5, "")),
+        "row 6 (row_id=1005), column 'body': empty",
+    ),
+    "label 3": (
+        lambda f: f.__setitem__("rule_violation", f["rule_violation"].where(f.index != 2, 3)),
+        "column 'rule_violation': label '3'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRAIN_FILES))
+def test_bad_train_file(capsys, data_dir, tmp_path, tiny_checkpoint, case):
+    change, message = BAD_TRAIN_FILES[case]
+    path = edit_csv(data_dir, tmp_path, "train.csv", change)
+    code, err = run_main(
+        capsys, "train", "--train", path, "--output-dir", tmp_path / "m", "--model", tiny_checkpoint
+    )
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_non_utf8_and_empty_files(capsys, data_dir, tmp_path):
+    raw = (data_dir / "train.csv").read_bytes()
+    (tmp_path / "latin1.csv").write_bytes(raw.replace(b"the", b"th\xe9", 1))
+    code, err = run_main(capsys, "train", "--train", tmp_path / "latin1.csv", "--output-dir", tmp_path / "m")
+    assert code == 2 and "latin1.csv: line" in err and "not valid UTF-8" in err
+    (tmp_path / "empty.csv").write_bytes(b"")
+    code, err = run_main(capsys, "train", "--train", tmp_path / "empty.csv", "--output-dir", tmp_path / "m")
+    assert code == 2 and err == f"rulebert: error: {tmp_path / 'empty.csv'}: file is empty"
+
+
+def test_model_path_that_does_not_exist(capsys, data_dir, tmp_path):
+    code, err = run_main(
+        capsys,
+        "train",
+        "--train",
+        data_dir / "train.csv",
+        "--output-dir",
+        tmp_path / "m",
+        "--model",
+        tmp_path / "no-model",
+    )
+    assert code == 2 and err == f"rulebert: error: {tmp_path / 'no-model'}: model path does not exist"
+    assert not (tmp_path / "m").exists()
+
+
+def test_output_dir_holding_a_different_model(capsys, data_dir, tmp_path, tiny_checkpoint):
+    out = tmp_path / "m"
+    args = [
+        "train",
+        "--train",
+        data_dir / "train.csv",
+        "--output-dir",
+        out,
+        "--model",
+        tiny_checkpoint,
+        *TINY,
+    ]
+    assert run_main(capsys, *args)[0] == 0
+    before = (out / "model.safetensors").read_bytes()
+    code, err = run_main(capsys, *args[: -len(TINY)], *TINY[:-1], "--seed", "3", "--no-progress")
+    assert code == 2 and "already holds a different model" in err and "--overwrite" in err
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_predict_errors_leave_no_output(capsys, data_dir, tmp_path):
+    out = tmp_path / "sub.csv"
+    code, err = run_main(
+        capsys, "predict", "--model-dir", tmp_path / "nope", "--test", data_dir / "test.csv", "--output", out
+    )
+    assert code == 2 and "model dir does not exist" in err and not out.exists()
+    bad_test = edit_csv(data_dir, tmp_path, "test.csv", lambda f: f.pop("row_id"))
+    code, err = run_main(capsys, "predict", "--model-dir", tmp_path, "--test", bad_test, "--output", out)
+    assert code == 2 and "missing column 'row_id'" in err and not out.exists()
+
+
+def test_run_needs_the_competition_files(capsys, tmp_path):
+    code, err = run_main(capsys, "run", "--data-dir", tmp_path, "--output-dir", tmp_path / "out")
+    assert code == 2 and "train.csv: file not found" in err

@@ -1,0 +1,73 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from rulebert.config import TrainConfig
+from rulebert.errors import RulebertError
+from rulebert.model import load_checkpoint, save_model_dir
+from rulebert.predict import Scorer, check_submission, predict_file, token_budget_batches
+
+
+@pytest.fixture()
+def model_dir(tiny_checkpoint, tmp_path):
+    model, tokenizer = load_checkpoint(str(tiny_checkpoint))
+    out = tmp_path / "model"
+    save_model_dir(
+        out,
+        model,
+        tokenizer,
+        config=TrainConfig(model=str(tiny_checkpoint), max_length=64),
+        base_model="tiny",
+        data={},
+        metrics={},
+    )
+    return out
+
+
+def test_token_budget_batches_cover_every_row_once():
+    lengths = [5, 300, 17, 17, 90, 3, 250, 64]
+    batches = token_budget_batches(lengths, max_tokens=512, max_rows=3)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3 and max(lengths[i] for i in batch) * len(batch) <= max(512, max(lengths))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+
+
+def test_scores_do_not_depend_on_batching(model_dir):
+    scorer = Scorer(model_dir)
+    bodies = [" ".join(["word"] * n) for n in (1, 40, 3, 25, 7)]
+    rules = ["rule"] * len(bodies)
+    one_by_one = np.array([scorer.score([b], ["rule"])[0] for b in bodies])
+    together = scorer.score(bodies, rules)
+    assert together.shape == (5,) and np.all((together > 0) & (together < 1))
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_predict_file_keeps_row_order_and_checks_the_sample(model_dir, data_dir, tmp_path):
+    out = tmp_path / "sub.csv"
+    submission = predict_file(
+        model_dir, data_dir / "test.csv", out, sample_path=data_dir / "sample_submission.csv", progress=False
+    )
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["row_id", "rule_violation"]
+    assert written["row_id"].tolist() == pd.read_csv(data_dir / "test.csv")["row_id"].tolist()
+    np.testing.assert_allclose(written["rule_violation"], submission["rule_violation"], rtol=1e-6)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_sample_mismatch_fails_and_writes_nothing(model_dir, data_dir, tmp_path):
+    sample = pd.read_csv(data_dir / "sample_submission.csv")
+    sample.iloc[:-1].to_csv(tmp_path / "short_sample.csv", index=False)
+    out = tmp_path / "sub.csv"
+    with pytest.raises(RulebertError, match="row_ids differ"):
+        predict_file(
+            model_dir, data_dir / "test.csv", out, sample_path=tmp_path / "short_sample.csv", progress=False
+        )
+    assert not out.exists()
+
+
+def test_check_submission_columns(tmp_path):
+    pd.DataFrame({"row_id": [1], "score": [0.5]}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(RulebertError, match="columns"):
+        check_submission(pd.DataFrame({"row_id": [1], "rule_violation": [0.5]}), tmp_path / "s.csv")

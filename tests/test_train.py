@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rulebert.config import TrainConfig
+from rulebert.errors import RulebertError
+from rulebert.model import METRICS_FILE, RECORD_FILE, read_record
+from rulebert.predict import Scorer
+from rulebert.train import CHECKPOINT_DIR, train_model
+
+
+def tiny_config(tiny_checkpoint, **overrides):
+    values = dict(
+        model=str(tiny_checkpoint), epochs=2, lr=1e-3, batch_size=16, max_length=48, val_fraction=0.2
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_checkpoint, tmp_path_factory):
+    from .conftest import make_frame
+
+    folder = tmp_path_factory.mktemp("train")
+    make_frame(48, seed=1).to_csv(folder / "train.csv", index=False)
+    make_frame(10, seed=2, labelled=False).to_csv(folder / "test.csv", index=False)
+    config = tiny_config(tiny_checkpoint)
+    result = train_model(config, folder / "train.csv", folder / "model", folder / "test.csv", progress=False)
+    return folder, config, result
+
+
+def test_training_writes_a_complete_model_dir(trained):
+    folder, config, result = trained
+    out = folder / "model"
+    assert {"config.json", "model.safetensors", "tokenizer.json", RECORD_FILE, METRICS_FILE} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / CHECKPOINT_DIR).exists()  # checkpoints are removed once the model is saved
+    record = read_record(out)
+    assert record["config"] == config.to_dict()
+    assert record["data"]["test"]["sha256"] and record["data"]["dedupe"]["rows_in"] == 48 * 5 + 10 * 4
+
+
+def test_metrics_per_epoch_and_best_epoch_kept(trained):
+    folder, _, result = trained
+    metrics = json.loads((folder / "model" / METRICS_FILE).read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1.0, 2.0]
+    for entry in metrics["epochs"]:
+        assert {"accuracy", "f1", "roc_auc", "col_auc", "loss"} <= set(entry)
+    best = max(metrics["epochs"], key=lambda e: e["col_auc"])
+    assert metrics["validation"] == best
+    assert metrics["train_rows"] + metrics["validation_rows"] == read_record(folder / "model")["data"]["rows"]
+
+
+def test_the_saved_model_is_the_best_epoch(trained, tiny_checkpoint):
+    """Scoring the validation split again reproduces the best epoch's col AUC: the best model was kept."""
+    from rulebert import data as D
+    from rulebert.evaluate import classification_metrics
+    from rulebert.train import prepare_rows
+
+    folder, config, result = trained
+    rows, _ = prepare_rows(config, folder / "train.csv", folder / "test.csv")
+    _, val = D.grouped_split(rows, config.val_fraction, config.seed)
+    scores = Scorer(folder / "model").score(
+        val[D.TEXT].tolist(), val[D.RULE].tolist(), val[D.SUBREDDIT].tolist()
+    )
+    again = classification_metrics(val[D.LABEL], scores, val[D.RULE])
+    assert again["col_auc"] == pytest.approx(result.metrics["validation"]["col_auc"], abs=1e-6)
+
+
+def test_learns_the_synthetic_task(trained):
+    _, _, result = trained
+    assert result.metrics["validation"]["col_auc"] > 0.75  # words decide the label; chance is 0.5
+
+
+def test_same_seed_same_predictions(trained, tiny_checkpoint, tmp_path):
+    folder, config, _ = trained
+    train_model(config, folder / "train.csv", tmp_path / "again", folder / "test.csv", progress=False)
+    test = pd.read_csv(folder / "test.csv")
+    args = (test["body"].tolist(), test["rule"].tolist())
+    assert np.array_equal(Scorer(folder / "model").score(*args), Scorer(tmp_path / "again").score(*args))
+
+
+def test_refuses_to_overwrite_a_different_model(trained, tiny_checkpoint):
+    folder, config, _ = trained
+    other = tiny_config(tiny_checkpoint, seed=7)
+    with pytest.raises(RulebertError, match="already holds a different model"):
+        train_model(other, folder / "train.csv", folder / "model", folder / "test.csv", progress=False)
+
+
+def test_no_validation_split(tiny_checkpoint, data_dir, tmp_path):
+    config = tiny_config(tiny_checkpoint, val_fraction=0.0, epochs=1)
+    result = train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False)
+    assert result.metrics["validation"] is None and result.metrics["validation_rows"] == 0
+    assert read_record(tmp_path / "m")["data"]["test"] is None
+
+
+def test_template_input_format_trains(tiny_checkpoint, data_dir, tmp_path):
+    config = tiny_config(tiny_checkpoint, input_format="template", epochs=1)
+    result = train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False)
+    assert result.metrics["validation"]["col_auc"] >= 0.0
+    assert Scorer(tmp_path / "m").config.input_format == "template"
