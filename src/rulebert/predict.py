@@ -108,15 +108,35 @@ class Scorer:
             max_length=self.config.max_length,
         )
 
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The model dir's ``metrics.json`` (validation metrics, ...); ``{}`` when absent."""
+        import json
+
+        path = self.model_dir / "metrics.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold the model dir recommends (``metrics.json`` ``threshold``), else 0.5."""
+        return float(self.metrics.get("threshold", 0.5))
+
     def score(
         self,
         bodies: Sequence[str],
         rules: Sequence[str],
         subreddits: Sequence[str] | None = None,
         *,
+        positive_examples: Sequence[Sequence[str]] | None = None,
+        negative_examples: Sequence[Sequence[str]] | None = None,
         progress: bool = False,
     ) -> np.ndarray:
-        """P(the comment breaks the rule) for each row, in input order."""
+        """P(the comment breaks the rule) for each row, in input order.
+
+        ``positive_examples`` / ``negative_examples`` give, per row, example comments that break / keep the
+        rule (as in the competition's example columns). The fine-tuned classifier reads only (rule, comment);
+        recipes that also use a rule's examples at scoring time take them from here.
+        """
         features = self.encode(bodies, rules, subreddits)
         return predict_features(self.model, self.tokenizer, features, progress=progress, device=self.device)
 
