@@ -98,28 +98,36 @@ def prepare_rows(
     return rows, fingerprint
 
 
-def train_model(
-    config: TrainConfig,
-    train_path: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    test_path: str | os.PathLike | None = None,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    keep_checkpoints: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Train on ``train_path`` (+ the example columns of ``test_path``); save the model to ``output_dir``."""
-    started = time.perf_counter()
-    output_dir = Path(output_dir)
-    rows, fingerprint = prepare_rows(config, train_path, test_path)
-    if not overwrite and not resume:
-        check_output_dir(output_dir, config, fingerprint)
-    base_model = resolve_checkpoint(config.model)
+@dataclass
+class FitResult:
+    """A fine-tuned model in memory, with what :func:`fit_rows` measured."""
 
+    model: Any
+    tokenizer: Any
+    trainer: Trainer
+    metrics: dict[str, Any]
+    val_rows: pd.DataFrame
+    """The validation rows, in the order the trainer evaluated them (sorted by length)."""
+
+
+def fit_rows(
+    config: TrainConfig,
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    work_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Fine-tune ``config.model`` on labelled rows (``data.TEXT``, ``RULE``, ``SUBREDDIT``, ``LABEL``).
+
+    Evaluates on ``val_rows`` each epoch (if any) and keeps the best epoch by column-averaged AUC.
+    Trainer checkpoints go to ``work_dir/checkpoints``. Nothing else is written.
+    """
+    started = time.perf_counter()
+    work_dir = Path(work_dir)
     set_seed(config.seed)  # before the head is created, so its initial weights are reproducible
     model, tokenizer = load_checkpoint(config.model)
-    train_rows, val_rows = D.grouped_split(rows, config.val_fraction, config.seed)
     # Evaluation reads rows in order: sort them by length so its batches need little padding.
     val_rows = val_rows.iloc[np.argsort(val_rows[D.TEXT].str.len().to_numpy(), kind="stable")]
     train_set = RowDataset(_encode(tokenizer, train_rows, config), train_rows[D.LABEL].to_numpy())
@@ -135,7 +143,7 @@ def train_model(
 
     on_gpu = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(output_dir / CHECKPOINT_DIR),
+        output_dir=str(work_dir / CHECKPOINT_DIR),
         num_train_epochs=config.epochs,
         learning_rate=config.lr,
         per_device_train_batch_size=config.batch_size,
@@ -177,6 +185,7 @@ def train_model(
         if "eval_loss" in entry
     ]
     best = max(epochs, key=lambda e: np.nan_to_num(e.get("col_auc", np.nan), nan=-1.0)) if epochs else None
+    log = trainer.state.log_history
     metrics = {
         "validation": best,
         "epochs": epochs,
@@ -184,15 +193,35 @@ def train_model(
         "validation_rows": len(val_set),
         "wall_seconds": round(train_seconds, 1),
         "train_samples_per_second": next(
-            (
-                e["train_samples_per_second"]
-                for e in trainer.state.log_history
-                if "train_samples_per_second" in e
-            ),
-            None,
+            (e["train_samples_per_second"] for e in log if "train_samples_per_second" in e), None
         ),
         "device": "cuda" if on_gpu else "cpu",
     }
+    return FitResult(trainer.model, tokenizer, trainer, metrics, val_rows)
+
+
+def train_model(
+    config: TrainConfig,
+    train_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    test_path: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    keep_checkpoints: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on ``train_path`` (+ the example columns of ``test_path``); save the model to ``output_dir``."""
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    rows, fingerprint = prepare_rows(config, train_path, test_path)
+    if not overwrite and not resume:
+        check_output_dir(output_dir, config, fingerprint)
+    base_model = resolve_checkpoint(config.model)
+    train_rows, val_rows = D.grouped_split(rows, config.val_fraction, config.seed)
+    fit = fit_rows(config, train_rows, val_rows, output_dir, resume=resume, progress=progress)
+    trainer, tokenizer, metrics = fit.trainer, fit.tokenizer, fit.metrics
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     if trainer.is_world_process_zero():
         save_model_dir(
             output_dir,
