@@ -118,6 +118,7 @@ def _reset_head(model: Any) -> None:
 
 def load_checkpoint(name: str) -> tuple[Any, Any]:
     """Load (model, tokenizer) from ``name`` with a fresh binary classification head."""
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_checkpoint(name)
@@ -129,6 +130,7 @@ def load_checkpoint(name: str) -> tuple[Any, Any]:
         id2label=dict(LABELS),
         label2id={v: k for k, v in LABELS.items()},
         ignore_mismatched_sizes=True,
+        dtype=torch.float32,  # fp32 master weights even for checkpoints stored in bf16/fp16
     )
     _reset_head(model)
     return model, tokenizer
