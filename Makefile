@@ -22,7 +22,12 @@ run: venv
 	$(VENV)/bin/rulebert run --data-dir $(DATA) --output-dir $(OUT) --overwrite $(RUN_ARGS)
 	@echo "submission: $(OUT)/submission.csv   report: $(OUT)/report.md"
 
-test: venv
+# The web page test drives Debian's headless Chromium (never `playwright install`); CI runs as root.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
+
+test: venv $(CHROMIUM)
 	$(PY) -m pytest -q
 
 lint: venv

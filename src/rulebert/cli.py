@@ -37,7 +37,16 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "--include-subreddit", action=argparse.BooleanOptionalAction, default=defaults.include_subreddit
     )
     group.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=defaults.dedupe)
+    group.add_argument(
+        "--train-rules",
+        choices=["target", "all"],
+        default=defaults.train_rules,
+        help="target: train only on the rules being scored (the test file's); all: every rule",
+    )
     group.add_argument("--bf16", choices=["auto", "on", "off"], default=defaults.bf16)
+    group.add_argument(
+        "--save-steps", type=int, default=None, help="also checkpoint every N steps (default: each epoch)"
+    )
     group.add_argument(
         "--overwrite", action="store_true", help="replace a different model already in the output dir"
     )
@@ -50,6 +59,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.epochs <= 0 or args.lr <= 0 or args.batch_size <= 0 or args.max_length < 16:
         raise RulebertError("--epochs, --lr and --batch-size must be positive and --max-length at least 16")
+    if args.save_steps is not None and args.save_steps <= 0:
+        raise RulebertError("--save-steps must be positive")
     return TrainConfig(
         model=args.model,
         epochs=args.epochs,
@@ -61,7 +72,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         input_format=args.input_format,
         include_subreddit=args.include_subreddit,
         dedupe=args.dedupe,
+        train_rules=args.train_rules,
         bf16=args.bf16,
+        save_steps=args.save_steps,
     )
 
 
@@ -70,6 +83,11 @@ def _quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Through the environment when transformers is not loaded yet: importing it here would cost seconds
+    # (it pulls in torch) that `rulebert predict` with the ONNX backend never needs.
+    if "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        return
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -102,9 +120,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rulebert.predict import predict_file
 
     submission = predict_file(
-        args.model_dir, args.test, args.output, sample_path=args.sample, progress=not args.no_progress
+        args.model_dir,
+        args.test,
+        args.output,
+        sample_path=args.sample,
+        progress=not args.no_progress,
+        backend=args.backend,
     )
     print(f"wrote {len(submission)} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    from rulebert.export import export_onnx
+
+    path = export_onnx(args.model_dir, int8=args.int8)
+    print(f"wrote {path} (recorded in {path.parent / 'onnx.json'})", file=sys.stderr)
     return 0
 
 
@@ -129,6 +161,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    from rulebert.serve import run_server
+
+    run_server(args.model_dir, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    from rulebert.score import score_file
+
+    count = score_file(
+        args.model_dir,
+        args.rule,
+        args.input,
+        args.output,
+        examples_path=args.examples,
+        progress=not args.no_progress,
+    )
+    if args.output != "-":
+        print(f"wrote {count} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    _quiet_libraries()
+    from rulebert.evaluate import evaluate, markdown_table
+
+    result = evaluate(
+        args.train,
+        args.protocol,
+        args.output_dir,
+        config,
+        folds=args.folds,
+        recipe=args.recipe,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(markdown_table(result))
+    print(f"wrote {args.output_dir / 'evaluation.json'} in {result['wall_seconds']} s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rulebert", description="Fine-tune BERT to predict whether a comment breaks a community rule."
@@ -149,7 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, type=Path)
     predict.add_argument("--sample", type=Path, help="sample_submission.csv to check row_ids against")
     predict.add_argument("--no-progress", action="store_true")
+    predict.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="auto: an exported ONNX file (rulebert export) on a CPU, else torch",
+    )
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="write model.onnx (or model.int8.onnx) into a model dir")
+    export.add_argument("--model-dir", required=True, type=Path)
+    export.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (fastest on a CPU)")
+    export.set_defaults(func=cmd_export)
 
     run = commands.add_parser("run", help="the Kaggle flow: train, then write OUT/submission.csv")
     run.add_argument(
@@ -158,6 +246,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", required=True, type=Path)
     _add_train_options(run)
     run.set_defaults(func=cmd_run)
+
+    evaluate = commands.add_parser("evaluate", help="cross-validate a recipe beside a TF-IDF baseline")
+    evaluate.add_argument("--train", required=True, type=Path, help="train.csv (needs rule_violation)")
+    evaluate.add_argument(
+        "--protocol", required=True, choices=["loro", "kfold"], help="leave one rule out, or grouped k-fold"
+    )
+    evaluate.add_argument("--folds", type=int, default=5, help="k for --protocol kfold (default 5)")
+    evaluate.add_argument(
+        "--recipe", choices=["finetune", "baseline"], default="finetune", help="baseline: TF-IDF+LR only"
+    )
+    evaluate.add_argument("--output-dir", required=True, type=Path, help="evaluation.json, ROC PNG go here")
+    _add_train_options(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    serve = commands.add_parser("serve", help="serve the HTTP API and web page for a model dir")
+    serve.add_argument("--model-dir", required=True, type=Path)
+    serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
+    serve.set_defaults(func=cmd_serve)
+
+    score = commands.add_parser("score", help="add a probability column to a CSV/JSONL of comments")
+    score.add_argument("--model-dir", required=True, type=Path)
+    score.add_argument("--rule", required=True, help="the rule's text")
+    score.add_argument("--examples", type=Path, help="CSV/JSONL of text,label (1 = breaks the rule)")
+    score.add_argument("--input", required=True, help="CSV/JSONL with a body or comment column; - for stdin")
+    score.add_argument("--output", default="-", help="same format as the input; - (default) for stdout")
+    score.add_argument("--no-progress", action="store_true")
+    score.set_defaults(func=cmd_score)
     return parser
 
 

@@ -9,6 +9,7 @@ So :func:`labelled_rows` turns every example cell into a row of its own (the not
 
 from __future__ import annotations
 
+import csv
 import difflib
 import hashlib
 import io
@@ -55,11 +56,51 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """A cell or column name as an error message shows it: on one line (newlines escaped), cut short."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _where(path: Path, frame: pd.DataFrame, index: int, column: str) -> str:
     """'file: row N (row_id=X), column 'c'' where N counts data rows from 1 (the header is not a row)."""
     row_id = frame[ROW_ID].iloc[index] if ROW_ID in frame.columns else None
-    ident = f" (row_id={row_id})" if row_id not in (None, "") else ""
-    return f"{path}: row {index + 1}{ident}, column '{column}'"
+    ident = f" (row_id={_shown(row_id)})" if row_id not in (None, "") else ""
+    return f"{path}: row {index + 1}{ident}, column '{_shown(column)}'"
+
+
+def _parse_csv(path: Path, text: str) -> pd.DataFrame:
+    """Parse CSV text into a frame of strings, strictly: every row has as many fields as the header.
+
+    The ``csv`` module rather than ``pandas.read_csv``: pandas silently turns a row with one field too many
+    into an index (shifting every column) and renames duplicate columns; here both are errors.
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # the default (128 KiB) rejects long posts
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    records: list[list[str]] = []
+    line = 1
+    try:
+        for record in reader:
+            if not record or (len(record) == 1 and not record[0].strip()):
+                line = reader.line_num + 1
+                continue  # a blank line
+            if header is None:
+                header = [c.strip() or f"Unnamed: {i}" for i, c in enumerate(record)]
+                duplicated = [c for i, c in enumerate(header) if c in header[:i]]
+                if duplicated:
+                    raise RulebertError(f"{path}: line {line}: duplicate column '{_shown(duplicated[0])}'")
+            elif len(record) != len(header):
+                found = f"{len(record)} fields, the header has {len(header)}"
+                raise RulebertError(f"{path}: line {line}: {found}")
+            else:
+                records.append(record)
+            line = reader.line_num + 1
+    except csv.Error as err:
+        raise RulebertError(f"{path}: line {line}: not a readable CSV: {_shown(err, 200)}") from None
+    if header is None:
+        raise RulebertError(f"{path}: file is empty")
+    return pd.DataFrame(records, columns=header, dtype=str)
 
 
 def read_csv(
@@ -86,12 +127,7 @@ def read_csv(
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise RulebertError(f"{path}: line {line}: contains a NUL byte (not a text CSV?)")
-    try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
-        message = " ".join(str(err).split())
-        raise RulebertError(f"{path}: not a readable CSV: {message}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = _parse_csv(path, text)
 
     required = [BODY, RULE]
     if labelled:
@@ -104,7 +140,8 @@ def read_csv(
     for column in required:
         if column not in frame.columns:
             guess = difflib.get_close_matches(column, frame.columns, n=1)
-            hint = f" (did you mean '{guess[0]}'?)" if guess else f" (found: {', '.join(frame.columns)})"
+            found = ", ".join(_shown(c, 40) for c in frame.columns[:20])
+            hint = f" (did you mean '{_shown(guess[0])}'?)" if guess else f" (found: {_shown(found, 300)})"
             raise RulebertError(f"{path}: missing column '{column}'{hint}")
     if frame.empty:
         raise RulebertError(f"{path}: no data rows")
@@ -117,7 +154,8 @@ def read_csv(
     duplicated = ids.duplicated().to_numpy()
     if duplicated.any():
         index = int(np.flatnonzero(duplicated)[0])
-        raise RulebertError(f"{_where(path, frame, index, ROW_ID)}: duplicate row_id '{ids.iloc[index]}'")
+        where = _where(path, frame, index, ROW_ID)
+        raise RulebertError(f"{where}: duplicate row_id '{_shown(ids.iloc[index])}'")
     frame[ROW_ID] = ids
     if SUBREDDIT not in frame.columns:
         frame[SUBREDDIT] = ""
@@ -132,8 +170,8 @@ def read_csv(
         valid = values.isin(["0", "1", "0.0", "1.0"]).to_numpy()
         if not valid.all():
             index = int(np.flatnonzero(~valid)[0])
-            shown = values.iloc[index] or "empty"
-            raise RulebertError(f"{_where(path, frame, index, LABEL)}: label {shown!r} is not 0 or 1")
+            shown = repr(_shown(values.iloc[index])) if values.iloc[index] else "empty"
+            raise RulebertError(f"{_where(path, frame, index, LABEL)}: label {shown} is not 0 or 1")
         frame[LABEL] = values.astype(float).astype(int)
     elif LABEL in frame.columns:
         frame = frame.drop(columns=[LABEL])

@@ -23,12 +23,12 @@ def run_competition(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train on DATA/train.csv (+ DATA/test.csv's examples), write OUT/submission.csv and OUT/report.md.
+    """Train on DATA/train.csv (+ DATA/test.csv's examples); write OUT/submission.csv, report.md, report.html.
 
     The model goes to OUT/model. The submission is checked against DATA/sample_submission.csv if present.
     """
     from rulebert.predict import predict_file
-    from rulebert.report import write_markdown_report
+    from rulebert.report import write_markdown_report, write_model_report
     from rulebert.train import train_model
 
     data_dir, output_dir = Path(data_dir), Path(output_dir)
@@ -45,6 +45,10 @@ def run_competition(
         resume=resume,
         progress=progress,
     )
+    # The model dir now holds a new model: an older run's submission and report no longer describe it, and
+    # must not survive if scoring fails below (a stale submission.csv looks like this run's result).
+    for stale in (SUBMISSION_FILE, REPORT_FILE):
+        (output_dir / stale).unlink(missing_ok=True)
     submission = predict_file(
         result.output_dir,
         test_path,
@@ -53,6 +57,7 @@ def run_competition(
         progress=progress,
     )
     write_markdown_report(output_dir / REPORT_FILE, config, result.metrics, submission_rows=len(submission))
+    write_model_report(result.output_dir, output_dir)  # OUT/report.html + PNGs, from the model's validation
     return {
         "model_dir": str(result.output_dir),
         "submission": str(output_dir / SUBMISSION_FILE),

@@ -81,13 +81,29 @@ class Scorer:
     array([0.93], dtype=float32)
     """
 
-    def __init__(self, model_dir: str | os.PathLike, device: str | None = None) -> None:
+    def __init__(
+        self, model_dir: str | os.PathLike, device: str | None = None, backend: str = "auto"
+    ) -> None:
+        from rulebert.export import open_onnx_backend
         from rulebert.model import load_model_dir
 
         self.model_dir = Path(model_dir)
-        self.model, self.tokenizer, self.config, self.record = load_model_dir(model_dir)
-        self.device = device or pick_device()
-        self.model.to(self.device)
+        # ``backend``: "auto" scores with an exported ONNX file (rulebert export) on a CPU, else torch;
+        # "onnx" / "torch" force one. ``self.backend`` says which one runs ("torch", "onnx", "onnx-int8").
+        self.onnx = open_onnx_backend(self.model_dir, backend, device)
+        if self.onnx is not None:
+            self.model, self.device, self.backend = None, "cpu", self.onnx.name
+            self.tokenizer, self.config, self.record = self.onnx.tokenizer, self.onnx.config, self.onnx.record
+        else:
+            self.model, self.tokenizer, self.config, self.record = load_model_dir(model_dir)
+            self.device = device or pick_device()
+            self.model.to(self.device)
+            self.backend = "torch"
+        from rulebert.calibrate import load_calibrator
+
+        # calibration.json (fitted on validation at train time) turns raw scores into probabilities; set
+        # ``scorer.calibrator = None`` for raw ones. Platt keeps the ranking; isotonic may create ties.
+        self.calibrator = load_calibrator(self.model_dir)
 
     @property
     def train_config(self) -> TrainConfig:
@@ -138,7 +154,13 @@ class Scorer:
         recipes that also use a rule's examples at scoring time take them from here.
         """
         features = self.encode(bodies, rules, subreddits)
-        return predict_features(self.model, self.tokenizer, features, progress=progress, device=self.device)
+        if self.onnx is not None:
+            raw = self.onnx.predict(features, progress=progress)
+        else:
+            raw = predict_features(
+                self.model, self.tokenizer, features, progress=progress, device=self.device
+            )
+        return raw if self.calibrator is None else self.calibrator.transform(raw)
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -175,15 +197,30 @@ def predict_file(
     *,
     sample_path: str | os.PathLike | None = None,
     progress: bool = True,
+    backend: str = "auto",
+    chunk_rows: int = 4096,
 ) -> pd.DataFrame:
-    """Write ``row_id,rule_violation`` for every row of ``test_path`` (same order), atomically."""
+    """Write ``row_id,rule_violation`` for every row of ``test_path`` (same order), atomically.
+
+    Rows are tokenised and scored ``chunk_rows`` at a time: the token lists of a whole 50k-row file as
+    Python ints would take several hundred MB. Says on stderr which backend scored (see :class:`Scorer`).
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
     from rulebert.data import BODY, ROW_ID, RULE, SUBREDDIT, read_csv
 
     test = read_csv(test_path, labelled=False, need_row_id=True)
-    scorer = Scorer(model_dir)
-    probabilities = scorer.score(
-        test[BODY].tolist(), test[RULE].tolist(), test[SUBREDDIT].tolist(), progress=progress
-    )
+    scorer = Scorer(model_dir, backend=backend)
+    print(f"rulebert: predict backend: {scorer.backend}", file=sys.stderr)
+    columns = [test[c].tolist() for c in (BODY, RULE, SUBREDDIT)]
+    parts = []
+    with tqdm(total=len(test), desc="predict", unit="row", disable=not progress) as bar:
+        for start in range(0, len(test), chunk_rows):
+            parts.append(scorer.score(*(c[start : start + chunk_rows] for c in columns)))
+            bar.update(len(parts[-1]))
+    probabilities = np.concatenate(parts)
     submission = pd.DataFrame({"row_id": test[ROW_ID].to_numpy(), "rule_violation": probabilities})
     if sample_path is not None and Path(sample_path).is_file():
         check_submission(submission, sample_path)

@@ -22,13 +22,19 @@ import numpy as np
 import pandas as pd
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from rulebert import data as D
+from rulebert.checkpoints import (
+    CheckpointingTrainer,
+    SaveEveryStepsCallback,
+    SeededLengthGroupedSampler,
+    complete_checkpoints,
+    resume_checkpoint,
+)
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 from rulebert.evaluate import classification_metrics
-from rulebert.model import check_output_dir, load_checkpoint, resolve_checkpoint, save_model_dir
+from rulebert.model import check_output_dir, load_checkpoint, read_record, resolve_checkpoint, save_model_dir
 from rulebert.text import encode_rows
 
 CHECKPOINT_DIR = "checkpoints"
@@ -47,12 +53,31 @@ class RowDataset(torch.utils.data.Dataset):
         return {**self.features[index], "labels": int(self.labels[index])}
 
 
-class RulebertTrainer(Trainer):
+class RulebertTrainer(CheckpointingTrainer):
     """The stock Trainer, but evaluation reads rows in order, so predictions line up with their rules
-    (per-rule AUC needs that; transformers 5 otherwise length-groups evaluation batches too)."""
+    (per-rule AUC needs that; transformers 5 otherwise length-groups evaluation batches too); training
+    batches are length-grouped in an order seeded per epoch (resumable mid-epoch); checkpoints are marked
+    complete once written (see :mod:`rulebert.checkpoints`)."""
 
     def _get_eval_sampler(self, eval_dataset: torch.utils.data.Dataset) -> torch.utils.data.Sampler:
         return torch.utils.data.SequentialSampler(eval_dataset)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return SeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            dataset=dataset,
+            model_input_name=self.processing_class.model_input_names[0],
+            seed=self.args.data_seed,
+        )
+
+
+def _rows_digest(rows: pd.DataFrame) -> str:
+    """A SHA-256 of labelled rows: a checkpoint made from other rows must not be resumed."""
+    import hashlib
+
+    hashes = pd.util.hash_pandas_object(rows[[D.TEXT, D.RULE, D.LABEL]], index=False).to_numpy()
+    return hashlib.sha256(hashes.tobytes()).hexdigest()
 
 
 @dataclass
@@ -82,6 +107,13 @@ def _use_bf16(setting: str) -> bool:
     return setting == "on" or (setting == "auto" and available)
 
 
+def select_training_rules(rows: pd.DataFrame, target_rules: Any, config: TrainConfig) -> pd.DataFrame:
+    """The rows to train on: with ``train_rules="target"`` only those of the rules to be scored."""
+    if config.train_rules == "all":
+        return rows
+    return rows[rows[D.RULE].isin(set(target_rules))].reset_index(drop=True)
+
+
 def prepare_rows(
     config: TrainConfig, train_path: str | os.PathLike, test_path: str | os.PathLike | None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -89,6 +121,8 @@ def prepare_rows(
     train_frame = D.read_csv(train_path, labelled=True)
     test_frame = D.read_csv(test_path, labelled=False) if test_path and config.use_test_examples else None
     rows, stats = D.labelled_rows(train_frame, test_frame, dedupe=config.dedupe)
+    if test_frame is not None:
+        rows = select_training_rules(rows, test_frame[D.RULE], config)
     fingerprint = {
         "train": D.file_fingerprint(train_path),
         "test": D.file_fingerprint(test_path) if test_frame is not None else None,
@@ -174,9 +208,20 @@ def fit_rows(
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
         compute_metrics=compute_metrics if has_val else None,
+        callbacks=[SaveEveryStepsCallback(config.save_steps)] if config.save_steps else None,
     )
-    checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.checkpoint_record = {
+        "config": config.to_dict(),
+        "data": {"train_rows": _rows_digest(train_rows), "val_rows": _rows_digest(val_rows)},
+    }
+    checkpoint = None
+    if resume:  # the newest checkpoint marked complete; half-written ones are deleted
+        checkpoint = resume_checkpoint(
+            args.output_dir, trainer.checkpoint_record, cleanup=trainer.is_world_process_zero()
+        )
+    elif trainer.is_world_process_zero():
+        shutil.rmtree(args.output_dir, ignore_errors=True)  # a fresh run: no stale checkpoints to mix in
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
 
     epochs = [
@@ -200,6 +245,17 @@ def fit_rows(
     return FitResult(trainer.model, tokenizer, trainer, metrics, val_rows)
 
 
+def _calibrate_validation(fit: FitResult, config: TrainConfig, method: str) -> Any:
+    """Score the validation rows with the kept model; fit the calibrator and threshold on them."""
+    from rulebert.calibrate import calibrate_fit
+    from rulebert.predict import predict_features
+
+    val = fit.val_rows
+    features = _encode(fit.tokenizer, val, config) if len(val) else []
+    scores = predict_features(fit.model, fit.tokenizer, features, progress=False) if features else np.zeros(0)
+    return calibrate_fit(fit.metrics, val[D.LABEL].to_numpy(), scores, val[D.RULE].to_numpy(), method)
+
+
 def train_model(
     config: TrainConfig,
     train_path: str | os.PathLike,
@@ -210,19 +266,30 @@ def train_model(
     resume: bool = False,
     keep_checkpoints: bool = False,
     progress: bool = True,
+    calibration: str = "platt",
 ) -> TrainResult:
-    """Train on ``train_path`` (+ the example columns of ``test_path``); save the model to ``output_dir``."""
+    """Train on ``train_path`` (+ the example columns of ``test_path``); save the model to ``output_dir``.
+
+    With validation rows, ``calibration`` ("platt", "isotonic" or "none") is fitted on them and saved as
+    ``calibration.json``; metrics.json gets the F1-best ``threshold``; report.html is written beside.
+    """
     started = time.perf_counter()
     output_dir = Path(output_dir)
     rows, fingerprint = prepare_rows(config, train_path, test_path)
     if not overwrite and not resume:
         check_output_dir(output_dir, config, fingerprint)
+        if read_record(output_dir) is None and complete_checkpoints(output_dir / CHECKPOINT_DIR):
+            raise RulebertError(
+                f"{output_dir}: holds checkpoints of an unfinished run; pass --resume to continue it "
+                "or --overwrite to start over"
+            )
     base_model = resolve_checkpoint(config.model)
     train_rows, val_rows = D.grouped_split(rows, config.val_fraction, config.seed)
     fit = fit_rows(config, train_rows, val_rows, output_dir, resume=resume, progress=progress)
     trainer, tokenizer, metrics = fit.trainer, fit.tokenizer, fit.metrics
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     if trainer.is_world_process_zero():
+        calibrated = _calibrate_validation(fit, config, calibration)  # adds metrics threshold, calibration
         save_model_dir(
             output_dir,
             trainer.model,
@@ -231,7 +298,9 @@ def train_model(
             base_model=base_model,
             data=fingerprint,
             metrics=metrics,
+            extra_files=calibrated.extra_files,
         )
+        calibrated.write_report(output_dir)
         if not keep_checkpoints:
             shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
     return TrainResult(output_dir=output_dir, metrics=metrics)

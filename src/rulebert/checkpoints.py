@@ -1,0 +1,176 @@
+"""Crash-safe training checkpoints: which ones are whole, which one to resume from, and in what order.
+
+The Hugging Face ``Trainer`` writes a checkpoint (weights, optimizer, scheduler, RNG states, trainer state)
+straight into ``checkpoint-STEP/``; a crash half-way leaves a folder that looks like any other. So after the
+Trainer is done with a folder, :class:`CheckpointingTrainer` fsyncs its files and writes a marker,
+``rulebert-complete``, holding the rulebert settings, the data fingerprint and each file's size.
+``--resume`` takes the newest checkpoint whose marker is there and whose files still have those sizes, and
+deletes the unfinished ones; it refuses a checkpoint made with other settings or data.
+
+Resuming gives the same model as an uninterrupted run: the Trainer restores the weights, the optimizer, the
+schedule and the RNG states (dropout), and :class:`SeededLengthGroupedSampler` draws each epoch's
+length-grouped order from ``seed + epoch`` instead of the global RNG, so a run resumed mid-epoch skips
+exactly the batches that were already seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from rulebert.errors import RulebertError
+from rulebert.files import write_json_atomic
+
+COMPLETE_MARKER = "rulebert-complete"
+_STEP = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_IGNORED_SETTINGS = ("save_steps",)  # how often checkpoints are written does not change the model
+logger = logging.getLogger(__name__)
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches in an order drawn from ``seed + epoch`` (the stock sampler uses the global
+    RNG, whose state at the start of an epoch a run resumed mid-epoch cannot know)."""
+
+    def __init__(self, *args: Any, seed: int, **kwargs: Any) -> None:
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer / accelerate before each epoch
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class SaveEveryStepsCallback(TrainerCallback):
+    """Also save a checkpoint every ``steps`` optimisation steps (evaluation stays once per epoch)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step % self.steps == 0 and state.global_step < state.max_steps:
+            control.should_save = True
+        return control
+
+
+class CheckpointingTrainer(Trainer):
+    """A Trainer that marks each checkpoint complete once it is fully on disk.
+
+    ``checkpoint_record`` (rulebert settings and data fingerprint) goes into every marker, so that a resume
+    can refuse a checkpoint made for other settings or data.
+    """
+
+    checkpoint_record: dict[str, Any] = {}
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:  # the same step can be saved twice (step end, then epoch end)
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save and folder.is_dir():
+            mark_complete(folder, self.checkpoint_record)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != COMPLETE_MARKER
+    }
+
+
+def mark_complete(folder: Path, record: dict[str, Any]) -> None:
+    """Flush every file of a finished checkpoint to disk, then write its marker (atomically)."""
+    sizes = _file_sizes(folder)
+    for name in sizes:
+        _fsync(folder / name)
+    write_json_atomic(folder / COMPLETE_MARKER, {**record, "files": sizes})
+    _fsync(folder)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (no marker, a file missing or truncated), or ``None``."""
+    marker = folder / COMPLETE_MARKER
+    try:
+        sizes = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return "unfinished (no completion marker)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "completion marker unreadable"
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            return f"file {name} missing"
+        if path.stat().st_size != size:
+            return f"file {name} truncated or changed ({path.stat().st_size} bytes, expected {size})"
+    return None
+
+
+def _checkpoints_newest_first(folder: Path) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _STEP.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def complete_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The whole checkpoints in ``folder``, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [p for p in _checkpoints_newest_first(folder) if checkpoint_problem(p) is None]
+
+
+def remove_unfinished(folder: str | os.PathLike) -> list[Path]:
+    """Delete the checkpoints in ``folder`` that are not whole; return them."""
+    folder = Path(folder)
+    removed = []
+    for path in _checkpoints_newest_first(folder) if folder.is_dir() else []:
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            logger.warning("%s: %s; deleting it", path, problem)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    record = json.loads(json.dumps(record, default=str))  # as the marker stores it (tuples -> lists, ...)
+    config = {k: v for k, v in record.get("config", {}).items() if k not in _IGNORED_SETTINGS}
+    return {"config": config, "data": record.get("data")}
+
+
+def resume_checkpoint(folder: str | os.PathLike, record: dict[str, Any], *, cleanup: bool) -> Path | None:
+    """The newest whole checkpoint in ``folder`` (``None`` when there is none); unfinished ones are deleted
+    when ``cleanup``. Raises :class:`RulebertError` when it was made with other settings or data."""
+    if cleanup:
+        remove_unfinished(folder)
+    found = complete_checkpoints(folder)
+    if not found:
+        return None
+    newest = found[0]
+    stored = json.loads((newest / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    if _comparable(stored) != _comparable(record):
+        raise RulebertError(
+            f"{newest}: this checkpoint was made with other settings or data; resume with the same "
+            "options and files, or start over with --overwrite"
+        )
+    return newest

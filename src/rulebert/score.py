@@ -1,0 +1,281 @@
+"""Score a moderator's file of comments against one rule: CSV or JSONL in, the same format out.
+
+Rows are streamed in chunks (2,048 by default): a 50k-row file never has more than one chunk's tokens and
+tensors in memory. Every input column/key is kept and a ``probability`` column is added (replaced when it
+is already there). A file output is written atomically; ``-`` means stdin / stdout.
+
+CSV goes through the ``csv`` module rather than pandas: cells stay the exact strings they were (no
+``NaN``, no ``1.0`` for ``1``) and a bad byte or row is reported with its line number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rulebert.errors import RulebertError
+from rulebert.files import atomic_write
+
+CHUNK_ROWS = 2048
+TEXT_COLUMNS = ("body", "comment")
+EXAMPLE_TEXT_COLUMNS = ("text", "body", "comment")
+EXAMPLE_LABEL_COLUMNS = ("label", "rule_violation")
+PROBABILITY = "probability"
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+@dataclass
+class Examples:
+    """Comments known to break (positive) or keep (negative) the rule."""
+
+    positive: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """One input row: its position for error messages, the record to write back, the text to score."""
+
+    where: str
+    record: Any  # list[str] for CSV, dict for JSONL
+    column: str  # where the text came from
+    body: str
+    subreddit: str | None
+
+
+def _sniff(head: bytes) -> str:
+    """JSONL when the first non-blank character opens an object, else CSV."""
+    return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
+
+
+@contextlib.contextmanager
+def _open_binary(path: str) -> Iterator[tuple[io.BufferedReader, str, str]]:
+    """(binary handle, format, name for messages); ``-`` is stdin, whose format is sniffed."""
+    if path == "-":
+        handle = sys.stdin.buffer
+        yield handle, _sniff(handle.peek(256)[:256]), "<stdin>"
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise RulebertError(f"{file}: file not found")
+    with open(file, "rb") as handle:
+        fmt = _FORMATS.get(file.suffix.lower()) or _sniff(handle.peek(256)[:256])
+        yield handle, fmt, str(file)
+
+
+def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
+    """Lines as text (newlines kept), with a one-line error naming the line of a non-UTF-8 byte."""
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if b"\x00" in raw:
+            raise RulebertError(f"{name}: line {number}: contains a NUL byte (not a text file?)")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = raw[err.start : err.start + 1].hex()
+            raise RulebertError(f"{name}: line {number}: not valid UTF-8 (byte 0x{bad})") from None
+
+
+def _pick(columns: Sequence[str], wanted: Sequence[str], name: str, what: str) -> str:
+    for column in wanted:
+        if column in columns:
+            return column
+    found = ", ".join(map(str, columns)) or "none"
+    names = " or ".join(f"'{c}'" for c in wanted)
+    raise RulebertError(f"{name}: no {what} column {names} (found: {found})")
+
+
+def _csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple[list[str], Iterator[Row]]:
+    reader = csv.reader(_decoded_lines(handle, name))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise RulebertError(f"{name}: file is empty") from None
+    except csv.Error as err:
+        raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
+    text = header.index(_pick(header, text_columns, name, "text"))
+    sub = header.index("subreddit") if "subreddit" in header else None
+
+    def rows() -> Iterator[Row]:
+        number = 0
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
+            if not cells:  # a blank line
+                continue
+            number += 1
+            where = f"{name}: row {number} (line {reader.line_num})"
+            if len(cells) != len(header):
+                raise RulebertError(f"{where}: {len(cells)} fields, the header has {len(header)}")
+            yield Row(where, cells, header[text], cells[text], cells[sub] if sub is not None else None)
+
+    return header, rows()
+
+
+def _jsonl_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> Iterator[Row]:
+    for number, line in enumerate(_decoded_lines(handle, name), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}: line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RulebertError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise RulebertError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        key = _pick(list(record), text_columns, where, "text")
+        body = record[key]
+        if not isinstance(body, str):
+            raise RulebertError(f"{where}, key '{key}': expected a string, got {type(body).__name__}")
+        subreddit = record.get("subreddit")
+        yield Row(where, record, key, body, subreddit if isinstance(subreddit, str) else None)
+
+
+def _checked(rows: Iterator[Row]) -> Iterator[Row]:
+    for row in rows:
+        if not row.body.strip():
+            raise RulebertError(f"{row.where}, column '{row.column}': empty comment")
+        yield row
+
+
+def read_examples(path: str | os.PathLike) -> Examples:
+    """A CSV/JSONL of ``text`` (or ``body``/``comment``) and ``label`` (1 = breaks the rule, 0 = keeps it)."""
+    examples = Examples()
+    with _open_binary(str(path)) as (handle, fmt, name):
+        if fmt == "csv":
+            header, rows = _csv_rows(handle, name, EXAMPLE_TEXT_COLUMNS)
+            label_at = header.index(_pick(header, EXAMPLE_LABEL_COLUMNS, name, "label"))
+            pairs = ((row, row.record[label_at], header[label_at]) for row in rows)
+        else:
+
+            def jsonl_pairs() -> Iterator[tuple[Row, Any, str]]:
+                for row in _jsonl_rows(handle, name, EXAMPLE_TEXT_COLUMNS):
+                    key = _pick(list(row.record), EXAMPLE_LABEL_COLUMNS, row.where, "label")
+                    yield row, row.record[key], key
+
+            pairs = jsonl_pairs()
+        for row, label, column in pairs:
+            if not row.body.strip():
+                raise RulebertError(f"{row.where}, column '{row.column}': empty example text")
+            value = str(label).strip().lower()
+            if value not in ("0", "1", "true", "false", "0.0", "1.0"):
+                raise RulebertError(f"{row.where}, column '{column}': label {label!r} is not 0 or 1")
+            target = examples.positive if value in ("1", "true", "1.0") else examples.negative
+            target.append(row.body)
+    if not examples.positive and not examples.negative:
+        raise RulebertError(f"{path}: no example rows")
+    return examples
+
+
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@contextlib.contextmanager
+def _open_output(path: str) -> Iterator[IO[str]]:
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+    else:
+        with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+
+
+def score_stream(
+    scorer: Any,
+    rule: str,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike = "-",
+    *,
+    examples: Examples | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+) -> int:
+    """Score every row of ``input_path`` against ``rule`` with a loaded ``Scorer``; return the row count."""
+    from tqdm.auto import tqdm
+
+    if not rule.strip():
+        raise RulebertError("--rule: empty rule text")
+    examples = examples or Examples()
+    count = 0
+    with (
+        _open_binary(str(input_path)) as (handle, fmt, name),
+        _open_output(str(output_path)) as out,
+        tqdm(desc="score", unit="row", file=sys.stderr, disable=not progress) as bar,
+    ):
+        if fmt == "csv":
+            header, rows = _csv_rows(handle, name, TEXT_COLUMNS)
+            writer = csv.writer(out, lineterminator="\n")
+            has_probability = PROBABILITY in header
+            writer.writerow(header if has_probability else [*header, PROBABILITY])
+        else:
+            rows = _jsonl_rows(handle, name, TEXT_COLUMNS)
+        for chunk in _chunks(_checked(rows), chunk_rows):
+            n = len(chunk)
+            has_subreddit = any(r.subreddit is not None for r in chunk)
+            subreddits = [r.subreddit or "" for r in chunk] if has_subreddit else None
+            probabilities = scorer.score(
+                [r.body for r in chunk],
+                [rule] * n,
+                subreddits,
+                positive_examples=[examples.positive] * n,
+                negative_examples=[examples.negative] * n,
+            )
+            for row, p in zip(chunk, probabilities, strict=True):
+                value = round(float(p), 6)
+                if fmt == "csv":
+                    cells = list(row.record)
+                    if has_probability:
+                        cells[header.index(PROBABILITY)] = f"{value:.6f}"
+                    else:
+                        cells.append(f"{value:.6f}")
+                    writer.writerow(cells)
+                else:
+                    out.write(json.dumps({**row.record, PROBABILITY: value}, ensure_ascii=False) + "\n")
+            count += n
+            bar.update(n)
+    if count == 0:
+        print(f"rulebert: warning: {name}: no data rows", file=sys.stderr)
+    return count
+
+
+def score_file(
+    model_dir: str | os.PathLike,
+    rule: str,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike = "-",
+    *,
+    examples_path: str | os.PathLike | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+) -> int:
+    """Load ``model_dir`` once and stream ``input_path`` through it (see :func:`score_stream`)."""
+    from rulebert.predict import Scorer
+
+    if str(input_path) != "-" and not Path(input_path).is_file():  # fail before the model loads
+        raise RulebertError(f"{input_path}: file not found")
+    examples = read_examples(examples_path) if examples_path is not None else None
+    scorer = Scorer(model_dir)
+    return score_stream(
+        scorer, rule, input_path, output_path, examples=examples, chunk_rows=chunk_rows, progress=progress
+    )

@@ -1,0 +1,118 @@
+"""The web page at ``/``, driven by headless Debian Chromium through Playwright (no ``playwright install``).
+
+``make test`` installs /usr/bin/chromium when it is missing. Set RULEBERT_SCREENSHOT=docs/web.png to
+refresh the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.serving import COMMENTS, RULE, make_model_dir, start_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs /usr/bin/chromium (make test installs it)"
+)
+
+
+COMMENTS_SHOWN = [*COMMENTS, "<b>not bold</b> & a tag that must stay text"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_checkpoint, tmp_path_factory):
+    """A model dir whose recommended threshold is the median score of the comments the test types, so
+    that some land above the mark and some below."""
+    from rulebert.predict import Scorer
+
+    model_dir = make_model_dir(tiny_checkpoint, tmp_path_factory.mktemp("web") / "model")
+    scores = Scorer(model_dir, device="cpu").score(COMMENTS_SHOWN, [RULE] * len(COMMENTS_SHOWN))
+    metrics = {"validation": {"roc_auc": 0.5}, "threshold": float(np.median(scores))}
+    (model_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def threshold(model_dir):
+    return json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))["threshold"]
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    with start_server(model_dir, tmp_path_factory.mktemp("log") / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('threshold')")
+        yield page
+        browser.close()
+
+
+def test_page_scores_comments_sorted_with_the_threshold_marked(server, page, threshold, tmp_path):
+    comments = COMMENTS_SHOWN
+    page.fill("#rule", RULE)
+    page.fill("#positive", COMMENTS[0] + "\n" + COMMENTS[2])
+    page.fill("#negative", COMMENTS[1])
+    page.fill("#comments", "\n".join(comments) + "\n\n")
+    page.click("#score")
+    page.wait_for_selector(f"#results li:nth-child({len(comments)})")
+
+    rows = page.eval_on_selector_all(
+        "#results li",
+        "items => items.map(li => [li.querySelector('.text').textContent, Number(li.dataset.probability),"
+        " li.classList.contains('over'), li.querySelector('.mark').style.left])",
+    )
+    shown = {text: p for text, p, _, _ in rows}
+    assert sorted(shown) == sorted(comments)  # every comment once, as text (the <b> is not markup)
+    assert page.locator("#results b").count() == 0
+    probabilities = [p for _, p, _, _ in rows]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all((p >= threshold) == over for _, p, over, _ in rows)
+    assert any(over for _, _, over, _ in rows) and not all(over for _, _, over, _ in rows)
+    assert {mark for *_, mark in rows} == {f"{100 * threshold:.1f}%"}
+    assert page.text_content("#threshold") == f"{threshold:.2f}"
+
+    rule = {"text": RULE, "positive_examples": [COMMENTS[0], COMMENTS[2]], "negative_examples": [COMMENTS[1]]}
+    api = httpx.post(
+        server.url + "/v1/score/batch", json={"items": [{"comment": c, "rule": rule} for c in comments]}
+    ).json()
+    for comment, score in zip(comments, api["scores"], strict=True):
+        assert shown[comment] == pytest.approx(score["probability"], abs=1e-9)
+
+    shot = tmp_path / "web.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("RULEBERT_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["RULEBERT_SCREENSHOT"])
+
+
+def test_page_reports_a_rejected_request(page):
+    page.fill("#rule", "r" * 3000)  # over the rule size limit: the server answers 422
+    page.fill("#comments", "hello")
+    page.click("#score")
+    page.wait_for_function("document.getElementById('status').className === 'error'")
+    assert "text" in page.text_content("#status")
