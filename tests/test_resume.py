@@ -195,6 +195,6 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_checkpoint, data_dir
     train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False, keep_checkpoints=True)
     (tmp_path / "m" / RECORD_FILE).unlink()  # as if it had crashed before the model dir was saved
     assert complete_checkpoints(tmp_path / "m" / CHECKPOINT_DIR)
-    other = TrainConfig(**{**config.to_dict(), "lr": 1e-4})
+    other = TrainConfig(**{**config.to_dict(), "lr": config.lr * 2})
     with pytest.raises(RulebertError, match="other settings or data"):
         train_model(other, data_dir / "train.csv", tmp_path / "m", resume=True, progress=False)
