@@ -76,20 +76,14 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BERT (a bare ``BertModel``, like the default checkpoint) with MiniLM's tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from .serving import build_tiny_checkpoint
 
-    from rulebert.model import default_checkpoint
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"))
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(default_checkpoint())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+
+@pytest.fixture()
+def model_dir(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A finished model dir around the tiny checkpoint's untrained weights (max_length 64)."""
+    from .serving import make_model_dir
+
+    return make_model_dir(tiny_checkpoint, tmp_path / "model")

@@ -2,26 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
-from rulebert.model import load_checkpoint, save_model_dir
 from rulebert.predict import Scorer, check_submission, predict_file, token_budget_batches
-
-
-@pytest.fixture()
-def model_dir(tiny_checkpoint, tmp_path):
-    model, tokenizer = load_checkpoint(str(tiny_checkpoint))
-    out = tmp_path / "model"
-    save_model_dir(
-        out,
-        model,
-        tokenizer,
-        config=TrainConfig(model=str(tiny_checkpoint), max_length=64),
-        base_model="tiny",
-        data={},
-        metrics={},
-    )
-    return out
 
 
 def test_token_budget_batches_cover_every_row_once():
