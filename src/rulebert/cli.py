@@ -83,6 +83,9 @@ def _quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # "Loading weights" / "Writing model shards" bars on every load and checkpoint are noise; rulebert's
+    # own bars (training steps, predict rows) come from tqdm directly and stay.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # Through the environment when transformers is not loaded yet: importing it here would cost seconds
     # (it pulls in torch) that `rulebert predict` with the ONNX backend never needs.
     if "transformers" not in sys.modules:
