@@ -405,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
             notebook_lengths,
         ),
         (
-            f"rulebert torch ({'bf16' if bf16_training else 'fp32'} train, fp32 predict)",
+            # predict_features autocasts to bf16 on a CUDA device that supports it, never on a CPU
+            f"rulebert torch ({'bf16' if bf16_training else 'fp32'} train,"
+            f" {'bf16' if bf16_training else 'fp32'} predict)",
             "rulebert",
             "torch",
             train_lengths,
