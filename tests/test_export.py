@@ -16,15 +16,6 @@ BODIES = [" ".join(["word"] * n) + " buy cheap" for n in (1, 40, 3, 25, 7, 90)]
 RULES = ["No advertising", "No legal advice"] * 3
 
 
-@pytest.fixture()
-def model_dir(tiny_checkpoint, tmp_path):
-    model, tokenizer = load_checkpoint(str(tiny_checkpoint))
-    out = tmp_path / "model"
-    config = TrainConfig(model=str(tiny_checkpoint), max_length=64)
-    save_model_dir(out, model, tokenizer, config=config, base_model="tiny", data={}, metrics={})
-    return out
-
-
 def test_fp32_export_scores_like_torch_and_keeps_the_dir_valid(model_dir):
     path = export_onnx(model_dir)
     assert path == model_dir / ONNX_FILE

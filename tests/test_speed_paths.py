@@ -2,21 +2,9 @@
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
-from rulebert.config import TrainConfig
-from rulebert.model import load_checkpoint, save_model_dir
 from rulebert.predict import Scorer, predict_features, predict_file
-
-
-@pytest.fixture()
-def model_dir(tiny_checkpoint, tmp_path):
-    model, tokenizer = load_checkpoint(str(tiny_checkpoint))
-    out = tmp_path / "model"
-    config = TrainConfig(model=str(tiny_checkpoint), max_length=64)
-    save_model_dir(out, model, tokenizer, config=config, base_model="tiny", data={}, metrics={})
-    return out
 
 
 def test_chunked_predict_file_matches_one_chunk(model_dir, data_dir, tmp_path):

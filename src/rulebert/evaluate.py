@@ -200,21 +200,13 @@ def finetune_recipe(
     With ``config.val_fraction`` > 0 a split of the training rows, grouped by text, picks the best epoch.
     """
     from rulebert.predict import predict_features
-    from rulebert.text import encode_rows
+    from rulebert.text import encode_frame
     from rulebert.train import fit_rows, select_training_rules
 
     train_rows = select_training_rules(train_rows, score_rows[D.RULE], config)
     fit_part, val_part = D.grouped_split(train_rows, config.val_fraction, config.seed)
     fit = fit_rows(config, fit_part, val_part, work_dir, progress=progress)
-    features = encode_rows(
-        fit.tokenizer,
-        score_rows[D.RULE].tolist(),
-        score_rows[D.TEXT].tolist(),
-        score_rows[D.SUBREDDIT].tolist(),
-        input_format=config.input_format,
-        include_subreddit=config.include_subreddit,
-        max_length=config.max_length,
-    )
+    features = encode_frame(fit.tokenizer, score_rows, config)
     return predict_features(fit.model, fit.tokenizer, features, progress=progress)
 
 

@@ -13,7 +13,12 @@ Rows are tokenised once, without padding: the collator pads each batch to its ow
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rulebert.config import TrainConfig
 
 TEMPLATE = "r/{subreddit}\nRule: {rule}\n"
 
@@ -76,3 +81,17 @@ def encode_rows(
         raise ValueError(f"unknown input_format {input_format!r} (use 'pair' or 'template')")
     keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
     return [{k: encoded[k][i] for k in keys} for i in range(len(bodies))]
+
+
+def encode_frame(tokenizer: Any, rows: pd.DataFrame, config: TrainConfig) -> list[dict[str, list[int]]]:
+    """:func:`encode_rows` for a frame of labelled rows (``text``, ``rule``, ``subreddit`` columns, as
+    ``rulebert.data`` makes them), with the input settings a model was trained with."""
+    return encode_rows(
+        tokenizer,
+        rows["rule"].tolist(),
+        rows["text"].tolist(),
+        rows["subreddit"].tolist(),
+        input_format=config.input_format,
+        include_subreddit=config.include_subreddit,
+        max_length=config.max_length,
+    )

@@ -35,7 +35,7 @@ from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 from rulebert.evaluate import classification_metrics
 from rulebert.model import check_output_dir, load_checkpoint, read_record, resolve_checkpoint, save_model_dir
-from rulebert.text import encode_rows
+from rulebert.text import encode_frame
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -86,18 +86,6 @@ class TrainResult:
 
     output_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def _encode(tokenizer: Any, rows: pd.DataFrame, config: TrainConfig) -> list[dict[str, list[int]]]:
-    return encode_rows(
-        tokenizer,
-        rows[D.RULE].tolist(),
-        rows[D.TEXT].tolist(),
-        rows[D.SUBREDDIT].tolist(),
-        input_format=config.input_format,
-        include_subreddit=config.include_subreddit,
-        max_length=config.max_length,
-    )
 
 
 def _use_bf16(setting: str) -> bool:
@@ -164,8 +152,8 @@ def fit_rows(
     model, tokenizer = load_checkpoint(config.model)
     # Evaluation reads rows in order: sort them by length so its batches need little padding.
     val_rows = val_rows.iloc[np.argsort(val_rows[D.TEXT].str.len().to_numpy(), kind="stable")]
-    train_set = RowDataset(_encode(tokenizer, train_rows, config), train_rows[D.LABEL].to_numpy())
-    val_set = RowDataset(_encode(tokenizer, val_rows, config), val_rows[D.LABEL].to_numpy())
+    train_set = RowDataset(encode_frame(tokenizer, train_rows, config), train_rows[D.LABEL].to_numpy())
+    val_set = RowDataset(encode_frame(tokenizer, val_rows, config), val_rows[D.LABEL].to_numpy())
     val_rules = val_rows[D.RULE].to_numpy()
     has_val = len(val_set) > 0
 
@@ -251,7 +239,7 @@ def _calibrate_validation(fit: FitResult, config: TrainConfig, method: str) -> A
     from rulebert.predict import predict_features
 
     val = fit.val_rows
-    features = _encode(fit.tokenizer, val, config) if len(val) else []
+    features = encode_frame(fit.tokenizer, val, config) if len(val) else []
     scores = predict_features(fit.model, fit.tokenizer, features, progress=False) if features else np.zeros(0)
     return calibrate_fit(fit.metrics, val[D.LABEL].to_numpy(), scores, val[D.RULE].to_numpy(), method)
 
