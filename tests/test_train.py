@@ -25,7 +25,7 @@ def trained(tiny_checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
     make_frame(48, seed=1).to_csv(folder / "train.csv", index=False)
     make_frame(10, seed=2, labelled=False).to_csv(folder / "test.csv", index=False)
-    config = tiny_config(tiny_checkpoint)
+    config = tiny_config(tiny_checkpoint, keep="best")
     result = train_model(config, folder / "train.csv", folder / "model", folder / "test.csv", progress=False)
     return folder, config, result
 
@@ -101,3 +101,23 @@ def test_template_input_format_trains(tiny_checkpoint, data_dir, tmp_path):
     result = train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False)
     assert result.metrics["validation"]["col_auc"] >= 0.0
     assert Scorer(tmp_path / "m").config.input_format == "template"
+
+
+def test_keep_last_epoch(tiny_checkpoint, data_dir, tmp_path):
+    """The default keeps the last epoch: its metrics are reported and its weights are the ones saved."""
+    from rulebert import data as D
+    from rulebert.evaluate import classification_metrics
+    from rulebert.train import prepare_rows
+
+    config = tiny_config(tiny_checkpoint, epochs=3)
+    assert config.keep == "last"
+    result = train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False)
+    assert [e["epoch"] for e in result.metrics["epochs"]] == [1.0, 2.0, 3.0]
+    assert result.metrics["validation"] == result.metrics["epochs"][-1]
+    rows, _ = prepare_rows(config, data_dir / "train.csv", None)
+    _, val = D.grouped_split(rows, config.val_fraction, config.seed)
+    scorer = Scorer(tmp_path / "m")
+    scorer.calibrator = None  # raw scores: the epoch metrics were measured before calibration
+    scores = scorer.score(val[D.TEXT].tolist(), val[D.RULE].tolist(), val[D.SUBREDDIT].tolist())
+    again = classification_metrics(val[D.LABEL], scores, val[D.RULE])
+    assert again["roc_auc"] == pytest.approx(result.metrics["epochs"][-1]["roc_auc"], abs=1e-6)

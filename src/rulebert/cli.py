@@ -38,6 +38,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=defaults.dedupe)
     group.add_argument(
+        "--keep",
+        choices=["last", "best"],
+        default=defaults.keep,
+        help="keep the last epoch, or the best by validation column-averaged AUC",
+    )
+    group.add_argument(
         "--train-rules",
         choices=["target", "all"],
         default=defaults.train_rules,
@@ -73,6 +79,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         include_subreddit=args.include_subreddit,
         dedupe=args.dedupe,
         train_rules=args.train_rules,
+        keep=args.keep,
         bf16=args.bf16,
         save_steps=args.save_steps,
     )

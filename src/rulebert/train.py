@@ -179,8 +179,8 @@ def fit_rows(
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch",
         save_total_limit=2,
-        load_best_model_at_end=has_val,
-        metric_for_best_model="col_auc" if has_val else None,
+        load_best_model_at_end=has_val and config.keep == "best",
+        metric_for_best_model="col_auc" if has_val and config.keep == "best" else None,
         greater_is_better=True,
         logging_strategy="epoch",
         report_to="none",
@@ -217,10 +217,13 @@ def fit_rows(
         for entry in trainer.state.log_history
         if "eval_loss" in entry
     ]
-    best = max(epochs, key=lambda e: np.nan_to_num(e.get("col_auc", np.nan), nan=-1.0)) if epochs else None
+    def col_auc(entry: dict[str, Any]) -> float:
+        return float(np.nan_to_num(entry.get("col_auc", np.nan), nan=-1.0))
+
+    kept = None if not epochs else max(epochs, key=col_auc) if config.keep == "best" else epochs[-1]
     log = trainer.state.log_history
     metrics = {
-        "validation": best,
+        "validation": kept,
         "epochs": epochs,
         "train_rows": len(train_set),
         "validation_rows": len(val_set),
