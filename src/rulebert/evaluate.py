@@ -197,7 +197,8 @@ def finetune_recipe(
 ) -> np.ndarray:
     """The default recipe: fine-tune ``config.model`` on the rows (``train.fit_rows``), then score.
 
-    With ``config.val_fraction`` > 0 a split of the training rows, grouped by text, picks the best epoch.
+    With ``config.val_fraction`` > 0 a split of the training rows, grouped by text, is held out for
+    validation (and picks the best epoch with ``keep="best"``).
     """
     from rulebert.predict import predict_features
     from rulebert.text import encode_frame

@@ -3,7 +3,7 @@
 The whole path, in order (see :func:`train_model`):
 read CSVs -> labelled rows (bodies + example cells, de-duplicated) -> split grouped by text ->
 checkpoint with a fresh binary head -> tokenise once, unpadded -> Trainer (length-grouped batches, dynamic
-padding, evaluation + checkpoint each epoch, the best epoch kept) -> model dir with ``rulebert.json``.
+padding, evaluation + checkpoint each epoch, the last or best epoch kept) -> model dir with ``rulebert.json``.
 
 The Trainer is what makes this scale: the same code runs on a laptop CPU, one GPU with bf16, or many GPUs
 and nodes under ``torchrun`` / ``accelerate launch``, and it can resume from its last checkpoint.
@@ -143,7 +143,8 @@ def fit_rows(
 ) -> FitResult:
     """Fine-tune ``config.model`` on labelled rows (``data.TEXT``, ``RULE``, ``SUBREDDIT``, ``LABEL``).
 
-    Evaluates on ``val_rows`` each epoch (if any) and keeps the best epoch by column-averaged AUC.
+    Evaluates on ``val_rows`` each epoch (if any) and keeps the last epoch, or with ``keep="best"`` the
+    best by column-averaged AUC.
     Trainer checkpoints go to ``work_dir/checkpoints``. Nothing else is written.
     """
     started = time.perf_counter()
