@@ -218,6 +218,7 @@ def fit_rows(
         for entry in trainer.state.log_history
         if "eval_loss" in entry
     ]
+
     def col_auc(entry: dict[str, Any]) -> float:
         return float(np.nan_to_num(entry.get("col_auc", np.nan), nan=-1.0))
 
