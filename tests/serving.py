@@ -44,6 +44,9 @@ def build_tiny_checkpoint(folder: Path) -> Path:
         intermediate_size=64,
         max_position_embeddings=512,
     )
+    import torch
+
+    torch.manual_seed(0)  # the same random weights in every session: test outcomes must not vary by run
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
