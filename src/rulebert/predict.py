@@ -104,6 +104,7 @@ class Scorer:
         # calibration.json (fitted on validation at train time) turns raw scores into probabilities; set
         # ``scorer.calibrator = None`` for raw ones. Platt keeps the ranking; isotonic may create ties.
         self.calibrator = load_calibrator(self.model_dir)
+        self._metrics = _read_metrics(self.model_dir)  # a loaded model dir does not change: read it once
 
     @property
     def train_config(self) -> TrainConfig:
@@ -127,10 +128,7 @@ class Scorer:
     @property
     def metrics(self) -> dict[str, Any]:
         """The model dir's ``metrics.json`` (validation metrics, ...); ``{}`` when absent."""
-        import json
-
-        path = self.model_dir / "metrics.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return self._metrics
 
     @property
     def threshold(self) -> float:
@@ -161,6 +159,15 @@ class Scorer:
                 self.model, self.tokenizer, features, progress=progress, device=self.device
             )
         return raw if self.calibrator is None else self.calibrator.transform(raw)
+
+
+def _read_metrics(model_dir: Path) -> dict[str, Any]:
+    import json
+
+    from rulebert.model import METRICS_FILE
+
+    path = model_dir / METRICS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
