@@ -130,6 +130,8 @@ class FitResult:
     metrics: dict[str, Any]
     val_rows: pd.DataFrame
     """The validation rows, in the order the trainer evaluated them (sorted by length)."""
+    val_features: list[dict[str, list[int]]]
+    """``val_rows`` tokenised, in the same order."""
 
 
 def fit_rows(
@@ -235,16 +237,15 @@ def fit_rows(
         ),
         "device": "cuda" if on_gpu else "cpu",
     }
-    return FitResult(trainer.model, tokenizer, trainer, metrics, val_rows)
+    return FitResult(trainer.model, tokenizer, trainer, metrics, val_rows, val_set.features)
 
 
-def _calibrate_validation(fit: FitResult, config: TrainConfig, method: str) -> Any:
+def _calibrate_validation(fit: FitResult, method: str) -> Any:
     """Score the validation rows with the kept model; fit the calibrator and threshold on them."""
     from rulebert.calibrate import calibrate_fit
     from rulebert.predict import predict_features
 
-    val = fit.val_rows
-    features = encode_frame(fit.tokenizer, val, config) if len(val) else []
+    val, features = fit.val_rows, fit.val_features
     scores = predict_features(fit.model, fit.tokenizer, features, progress=False) if features else np.zeros(0)
     return calibrate_fit(fit.metrics, val[D.LABEL].to_numpy(), scores, val[D.RULE].to_numpy(), method)
 
@@ -282,7 +283,7 @@ def train_model(
     trainer, tokenizer, metrics = fit.trainer, fit.tokenizer, fit.metrics
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     if trainer.is_world_process_zero():
-        calibrated = _calibrate_validation(fit, config, calibration)  # adds metrics threshold, calibration
+        calibrated = _calibrate_validation(fit, calibration)  # adds metrics threshold, calibration
         save_model_dir(
             output_dir,
             trainer.model,
