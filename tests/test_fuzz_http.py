@@ -8,7 +8,7 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rulebert.serve import create_app
@@ -82,6 +82,8 @@ def test_batch_endpoint_never_fails(client, payload):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+@example(raw=b"NaN")  # valid to Python's json, not to JSON: once a 500 while echoing the input in the 422
+@example(raw=b'{"comment": Infinity, "rules": [{"text": "r"}]}')
 def test_raw_bytes_are_a_4xx(client, raw):
     response = client.post("/v1/score", content=raw, headers={"content-type": "application/json"})
     try:

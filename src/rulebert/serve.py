@@ -15,8 +15,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -158,6 +160,18 @@ def _model_name(model_dir: Path, record: dict[str, Any]) -> str:
     return f"{model_dir.name}@{hashes[:12]}" if hashes else model_dir.name
 
 
+def _json_safe(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error as plain JSON (non-finite floats and odd objects in ``input`` become text)."""
+    import json
+
+    error = jsonable_encoder(error, custom_encoder={Exception: str})
+    try:
+        json.dumps(error, allow_nan=False)
+    except ValueError:
+        error["input"] = repr(error.get("input"))
+    return error
+
+
 def create_app(model: str | os.PathLike | Any) -> FastAPI:
     """The app, serving one model: a model dir (loaded here, once) or a loaded ``Scorer``."""
     from rulebert.predict import Scorer
@@ -184,6 +198,12 @@ def create_app(model: str | os.PathLike | Any) -> FastAPI:
         summary="P(a Reddit comment breaks a community rule), from a fine-tuned BERT.",
         version=_version(),
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422 echoes each bad ``input``; a body of bare ``NaN`` (Python's json accepts it)
+        # then cannot be rendered as JSON and the client got a 500. Echo such inputs as their repr.
+        return JSONResponse({"detail": [_json_safe(error) for error in exc.errors()]}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
