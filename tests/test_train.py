@@ -121,3 +121,51 @@ def test_keep_last_epoch(tiny_checkpoint, data_dir, tmp_path):
     scores = scorer.score(val[D.TEXT].tolist(), val[D.RULE].tolist(), val[D.SUBREDDIT].tolist())
     again = classification_metrics(val[D.LABEL], scores, val[D.RULE])
     assert again["roc_auc"] == pytest.approx(result.metrics["epochs"][-1]["roc_auc"], abs=1e-6)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from rulebert.train import cpu_has_native_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni\n")
+    assert not cpu_has_native_bf16(str(cpuinfo))
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16(str(cpuinfo))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
+def test_bf16_on_needs_hardware_for_it(monkeypatch):
+    from rulebert import train
+
+    monkeypatch.setattr(train, "bf16_device", lambda: None)
+    assert not train._use_bf16("auto")
+    with pytest.raises(RulebertError, match="bf16"):
+        train._use_bf16("on")
+    monkeypatch.setattr(train, "bf16_device", lambda: "cpu")
+    assert train._use_bf16("auto") and not train._use_bf16("off")
+
+
+def test_bf16_training_on_a_cpu_reports_what_the_saved_model_scores(
+    tiny_checkpoint, data_dir, tmp_path, monkeypatch
+):
+    """bf16 autocast on a CPU trains; validation then runs in fp32, as a CPU Scorer does, so the saved
+    metrics (down to the loss) are what the saved model reproduces."""
+    import torch
+
+    from rulebert import data as D
+    from rulebert import train
+    from rulebert.train import prepare_rows
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda *a: True)  # emulated where the CPU lacks it
+    config = tiny_config(tiny_checkpoint, epochs=1)
+    result = train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False)
+    assert result.metrics["device"] == "cpu" and result.metrics["bf16"]
+    rows, _ = prepare_rows(config, data_dir / "train.csv", None)
+    _, val = D.grouped_split(rows, config.val_fraction, config.seed)
+    scorer = Scorer(tmp_path / "m")
+    scorer.calibrator = None
+    p = np.clip(scorer.score(val[D.TEXT].tolist(), val[D.RULE].tolist(), val[D.SUBREDDIT].tolist()), 1e-7, 1)
+    labels = val[D.LABEL].to_numpy()
+    loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log(np.clip(1 - p, 1e-7, 1)))
+    assert result.metrics["epochs"][-1]["loss"] == pytest.approx(loss, abs=1e-5)

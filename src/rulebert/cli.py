@@ -49,7 +49,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.train_rules,
         help="target: train only on the rules being scored (the test file's); all: every rule",
     )
-    group.add_argument("--bf16", choices=["auto", "on", "off"], default=defaults.bf16)
+    group.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default=defaults.bf16,
+        help="bf16 autocast; auto: on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX",
+    )
     group.add_argument(
         "--save-steps", type=int, default=None, help="also checkpoint every N steps (default: each epoch)"
     )

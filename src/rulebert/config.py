@@ -53,7 +53,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     """AdamW weight decay."""
     bf16: Literal["auto", "on", "off"] = "auto"
-    """bf16 mixed precision: ``auto`` uses it on a CUDA device that supports it."""
+    """bf16 mixed precision (autocast; the master weights stay fp32): ``auto`` uses it on a CUDA GPU that
+    supports it and on a CPU with bf16 instructions (AVX512-BF16 or AMX), where it trains ~1.8x faster than
+    fp32 with the same loro AUC (README, Speed); ``off`` trains in fp32."""
     save_steps: int | None = None
     """Also save a resumable checkpoint every this many steps (``None``: once per epoch only)."""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -39,6 +39,14 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def inference_bf16(device: str) -> bool:
+    """Whether scoring on ``device`` runs under bf16 autocast: on a CUDA GPU with bf16, yes (faster, and
+    what training used); on a CPU no, fp32 scores (ONNX int8 is the fast CPU path: ``rulebert export``)."""
+    import torch
+
+    return device == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def predict_features(
     model: Any,
     tokenizer: Any,
@@ -58,7 +66,7 @@ def predict_features(
     probabilities = np.zeros(len(features), dtype=np.float32)
     lengths = [len(f["input_ids"]) for f in features]
     batches = token_budget_batches(lengths, max_tokens, max_rows)
-    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    use_bf16 = inference_bf16(device)
     with (
         torch.inference_mode(),
         tqdm(total=len(features), desc="predict", unit="row", disable=not progress) as bar,

@@ -35,6 +35,7 @@ from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 from rulebert.evaluate import classification_metrics
 from rulebert.model import check_output_dir, load_checkpoint, read_record, resolve_checkpoint, save_model_dir
+from rulebert.predict import inference_bf16
 from rulebert.text import encode_frame
 
 CHECKPOINT_DIR = "checkpoints"
@@ -71,6 +72,20 @@ class RulebertTrainer(CheckpointingTrainer):
             seed=self.args.data_seed,
         )
 
+    def prediction_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """Evaluate at the precision a :class:`~rulebert.predict.Scorer` will score with on this device, so
+        the metrics saved with a model are those its predictions reproduce. With bf16 on a CPU, training
+        runs under autocast (accelerate wraps ``model.forward``) but a CPU scorer computes in fp32."""
+        original = getattr(model, "_original_forward", None)
+        if original is None or inference_bf16(model.device.type):
+            return super().prediction_step(model, inputs, *args, **kwargs)
+        wrapped = model.forward
+        model.forward = original
+        try:
+            return super().prediction_step(model, inputs, *args, **kwargs)
+        finally:
+            model.forward = wrapped
+
 
 def _rows_digest(rows: pd.DataFrame) -> str:
     """A SHA-256 of labelled rows: a checkpoint made from other rows must not be resumed."""
@@ -88,10 +103,28 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): there, bf16 autocast trains ~1.8x
+    faster than fp32 (measured: MiniLM, 2 EPYC cores). Without it oneDNN emulates bf16 and is slower."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as lines:
+            flags = next((line for line in lines if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: no cheap way to know, so fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_device() -> str | None:
+    """Where bf16 mixed precision can run fast here: ``"cuda"``, ``"cpu"`` or None."""
+    if torch.cuda.is_available():
+        return "cuda" if torch.cuda.is_bf16_supported() else None
+    return "cpu" if cpu_has_native_bf16() else None
+
+
 def _use_bf16(setting: str) -> bool:
-    available = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    available = bf16_device() is not None
     if setting == "on" and not available:
-        raise RulebertError("--bf16 on needs a CUDA device with bf16 support")
+        raise RulebertError("--bf16 on needs a CUDA GPU or a CPU with bf16 instructions (AVX512-BF16 or AMX)")
     return setting == "on" or (setting == "auto" and available)
 
 
@@ -167,6 +200,7 @@ def fit_rows(
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     on_gpu = torch.cuda.is_available()
+    use_bf16 = _use_bf16(config.bf16)
     args = TrainingArguments(
         output_dir=str(work_dir / CHECKPOINT_DIR),
         num_train_epochs=config.epochs,
@@ -177,7 +211,8 @@ def fit_rows(
         weight_decay=config.weight_decay,
         seed=config.seed,
         data_seed=config.seed,
-        bf16=_use_bf16(config.bf16),
+        bf16=use_bf16,
+        use_cpu=use_bf16 and not on_gpu,  # transformers only runs bf16 autocast on a CPU when told use_cpu
         train_sampling_strategy="group_by_length",  # similar lengths share a batch: less padding
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch",
@@ -236,8 +271,12 @@ def fit_rows(
             (e["train_samples_per_second"] for e in log if "train_samples_per_second" in e), None
         ),
         "device": "cuda" if on_gpu else "cpu",
+        "bf16": use_bf16,  # what --bf16 auto resolved to on this machine
     }
-    return FitResult(trainer.model, tokenizer, trainer, metrics, val_rows, val_set.features)
+    # Drop accelerate's autocast wrapper: from here on the model scores as a Scorer would (predict_features
+    # applies bf16 itself where the device calls for it).
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    return FitResult(model, tokenizer, trainer, metrics, val_rows, val_set.features)
 
 
 def _calibrate_validation(fit: FitResult, method: str) -> Any:
