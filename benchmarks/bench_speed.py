@@ -343,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{k} {v[-1]:.2f} rows/s" for k, v in train_rates.items())
         )
     bf16_training = bool(fit.trainer.args.bf16)
+    from rulebert.predict import inference_bf16
+
+    bf16_predict = inference_bf16(device)
 
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     try:
@@ -407,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         (
             # predict_features autocasts to bf16 on a CUDA device that supports it, never on a CPU
             f"rulebert torch ({'bf16' if bf16_training else 'fp32'} train,"
-            f" {'bf16' if bf16_training else 'fp32'} predict)",
+            f" {'bf16' if bf16_predict else 'fp32'} predict)",
             "rulebert",
             "torch",
             train_lengths,
