@@ -161,3 +161,31 @@ def test_predict_errors_leave_no_output(capsys, data_dir, tmp_path):
 def test_run_needs_the_competition_files(capsys, tmp_path):
     code, err = run_main(capsys, "run", "--data-dir", tmp_path, "--output-dir", tmp_path / "out")
     assert code == 2 and "train.csv: file not found" in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, model_dir, data_dir, tmp_path, monkeypatch):
+    """ENOSPC while the submission is written: one line naming the file, exit 74, no file, no temp file."""
+    import errno
+
+    from rulebert import files
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    out = tmp_path / "results" / "sub.csv"
+    code, err = run_main(
+        capsys,
+        "predict",
+        "--model-dir",
+        model_dir,
+        "--test",
+        data_dir / "test.csv",
+        "--output",
+        out,
+        "--no-progress",
+    )
+    assert code == 74, err
+    last = err.splitlines()[-1]
+    assert last == f"rulebert: error: {out}: No space left on device"
+    assert "Traceback" not in err and not out.exists() and list(out.parent.iterdir()) == []

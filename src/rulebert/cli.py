@@ -7,6 +7,7 @@ Any :class:`RulebertError` ends the command with one line on stderr and exit cod
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,9 @@ from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 
 EXIT_USAGE = 2
+EXIT_IO = 74  # sysexits.h EX_IOERR
+# Errors of the machine, not of rulebert: reported in one line (file and reason), without a traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -307,6 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RulebertError as err:
         print(f"rulebert: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"rulebert: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_IO
     except KeyboardInterrupt:
         print("rulebert: interrupted", file=sys.stderr)
         return 130
