@@ -24,12 +24,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from rulebert import data as D
     from rulebert.config import TrainConfig
-    from rulebert.evaluate import evaluate
+    from rulebert.evaluate import evaluate, finetune_fit
     from rulebert.export import export_onnx
     from rulebert.model import save_model_dir
     from rulebert.predict import Scorer, predict_features
     from rulebert.text import encode_frame
-    from rulebert.train import fit_rows, select_training_rules
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with train.csv")
@@ -39,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     per_rule: dict[str, dict[str, float]] = {}
 
     def fp32_and_int8(config: Any, train_rows: pd.DataFrame, score_rows: pd.DataFrame, work: Path) -> Any:
-        rows = select_training_rules(train_rows, score_rows[D.RULE], config)
-        fit_part, val_part = D.grouped_split(rows, config.val_fraction, config.seed)
-        fit = fit_rows(config, fit_part, val_part, work, progress=False)
+        fit = finetune_fit(config, train_rows, score_rows, work)  # what `rulebert evaluate` trains
         fp32 = predict_features(fit.model, fit.tokenizer, encode_frame(fit.tokenizer, score_rows, config))
         model_dir = Path(work) / "model"
         save_model_dir(

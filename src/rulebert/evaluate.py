@@ -192,21 +192,31 @@ def baseline_recipe(
     return scores
 
 
-def finetune_recipe(
+def finetune_fit(
     config: Any, train_rows: pd.DataFrame, score_rows: pd.DataFrame, work_dir: Path, *, progress: bool = False
-) -> np.ndarray:
-    """The default recipe: fine-tune ``config.model`` on the rows (``train.fit_rows``), then score.
+) -> Any:
+    """The training half of :func:`finetune_recipe`: ``train.fit_rows`` on the rows the recipe trains on
+    (with ``train_rules="target"`` only the scored rules'). Returns the ``FitResult``, for recipes that need
+    the model itself.
 
     With ``config.val_fraction`` > 0 a split of the training rows, grouped by text, is held out for
     validation (and picks the best epoch with ``keep="best"``).
     """
-    from rulebert.predict import predict_features
-    from rulebert.text import encode_frame
     from rulebert.train import fit_rows, select_training_rules
 
     train_rows = select_training_rules(train_rows, score_rows[D.RULE], config)
     fit_part, val_part = D.grouped_split(train_rows, config.val_fraction, config.seed)
-    fit = fit_rows(config, fit_part, val_part, work_dir, progress=progress)
+    return fit_rows(config, fit_part, val_part, work_dir, progress=progress)
+
+
+def finetune_recipe(
+    config: Any, train_rows: pd.DataFrame, score_rows: pd.DataFrame, work_dir: Path, *, progress: bool = False
+) -> np.ndarray:
+    """The default recipe: fine-tune ``config.model`` on the rows (:func:`finetune_fit`), then score."""
+    from rulebert.predict import predict_features
+    from rulebert.text import encode_frame
+
+    fit = finetune_fit(config, train_rows, score_rows, work_dir, progress=progress)
     features = encode_frame(fit.tokenizer, score_rows, config)
     return predict_features(fit.model, fit.tokenizer, features, progress=progress)
 

@@ -33,13 +33,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as err:  # a full disk or a denied write: say which file it was
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.filename is None:
+        if isinstance(err, OSError) and err.filename is None:  # a full disk, say: name the file it was
             raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 
