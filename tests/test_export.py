@@ -9,7 +9,8 @@ from rulebert.cli import main
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 from rulebert.export import ONNX_FILE, ONNX_INT8_FILE, ONNX_RECORD, export_onnx
-from rulebert.model import load_checkpoint, save_model_dir, sha256_file, verify_model_dir
+from rulebert.files import sha256_file
+from rulebert.model import load_checkpoint, save_model_dir, verify_model_dir
 from rulebert.predict import Scorer
 
 BODIES = [" ".join(["word"] * n) + " buy cheap" for n in (1, 40, 3, 25, 7, 90)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from rulebert.errors import RulebertError
+from rulebert.files import sha256_file
 
 BODY, RULE, SUBREDDIT, LABEL, ROW_ID = "body", "rule", "subreddit", "rule_violation", "row_id"
 POSITIVE_COLUMNS = ("positive_example_1", "positive_example_2")
@@ -181,8 +181,7 @@ def read_csv(
 def file_fingerprint(path: str | os.PathLike) -> dict[str, object]:
     """What a model dir records about a data file: its name, size and SHA-256."""
     path = Path(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest}
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def body_rows(frame: pd.DataFrame) -> pd.DataFrame:

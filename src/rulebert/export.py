@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from rulebert.errors import RulebertError
-from rulebert.files import write_json_atomic
+from rulebert.files import sha256_file, write_json_atomic
 
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
@@ -59,7 +59,7 @@ def export_onnx(model_dir: str | os.PathLike, *, int8: bool = False) -> Path:
     """
     import torch
 
-    from rulebert.model import load_model_dir, sha256_file
+    from rulebert.model import load_model_dir
 
     model_dir = Path(model_dir)
     model, tokenizer, _config, record = load_model_dir(model_dir)
@@ -119,8 +119,6 @@ def find_onnx(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path | No
     ``record`` is the model dir's verified ``rulebert.json``. A file exported from other weights is skipped
     with a warning; a file whose own hash does not match is an error (it is corrupted).
     """
-    from rulebert.model import sha256_file
-
     model_dir = Path(model_dir)
     onnx_record = _read_onnx_record(model_dir)
     for name in (ONNX_INT8_FILE, ONNX_FILE):
@@ -176,7 +174,7 @@ class OnnxBackend:
         """
         from tqdm.auto import tqdm
 
-        from rulebert.predict import token_budget_batches
+        from rulebert.predict import token_budget_batches, violation_probability
 
         probabilities = np.zeros(len(features), dtype=np.float32)
         batches = token_budget_batches([len(f["input_ids"]) for f in features], max_tokens, max_rows)
@@ -184,9 +182,7 @@ class OnnxBackend:
             for batch in batches:
                 padded = self.tokenizer.pad([features[i] for i in batch], return_tensors="np")
                 feed = {n: np.asarray(padded[n], dtype=np.int64) for n in self.input_names}
-                logits = self.session.run(None, feed)[0].astype(np.float64)
-                # softmax over two classes = sigmoid of the logit difference
-                probabilities[batch] = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))
+                probabilities[batch] = violation_probability(self.session.run(None, feed)[0])
                 bar.update(len(batch))
         return probabilities
 

@@ -5,6 +5,7 @@ A reader (or a crash) therefore sees either the old file or the whole new one, n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -38,6 +39,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         if isinstance(err, OSError) and err.filename is None:  # a full disk, say: name the file it was
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (weights and data files need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:

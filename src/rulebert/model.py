@@ -12,7 +12,6 @@ fingerprint of the data, library versions, a SHA-256 of each weight file) and ``
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from urllib.parse import urlparse
 
 from rulebert.config import DEFAULT_MODEL, TrainConfig
 from rulebert.errors import RulebertError
-from rulebert.files import write_json_atomic
+from rulebert.files import sha256_file, write_json_atomic
 
 RECORD_FILE = "rulebert.json"
 METRICS_FILE = "metrics.json"
@@ -146,14 +145,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_record(model_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -21,6 +21,13 @@ from rulebert.files import atomic_write
 SUBMISSION_COLUMNS = ("row_id", "rule_violation")
 
 
+def violation_probability(logits: np.ndarray) -> np.ndarray:
+    """P(violation) from a classifier's two logits per row: the softmax's second column, computed as
+    ``exp(l1 - logaddexp(l0, l1))`` so that large logits neither overflow nor round to NaN."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return np.exp(logits[:, 1] - np.logaddexp(logits[:, 0], logits[:, 1]))
+
+
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[np.ndarray]:
     """Indices sorted by length (longest first), cut so that rows x longest length <= ``max_tokens``."""
     order = np.argsort(-np.asarray(lengths), kind="stable")

@@ -35,7 +35,7 @@ from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 from rulebert.evaluate import classification_metrics
 from rulebert.model import check_output_dir, load_checkpoint, read_record, resolve_checkpoint, save_model_dir
-from rulebert.predict import inference_bf16
+from rulebert.predict import inference_bf16, violation_probability
 from rulebert.text import encode_frame
 
 CHECKPOINT_DIR = "checkpoints"
@@ -194,8 +194,7 @@ def fit_rows(
     has_val = len(val_set) > 0
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
-        logits = np.asarray(prediction.predictions, dtype=np.float64)
-        probabilities = np.exp(logits[:, 1] - np.logaddexp(logits[:, 0], logits[:, 1]))
+        probabilities = violation_probability(prediction.predictions)
         metrics = classification_metrics(prediction.label_ids, probabilities, val_rules)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
