@@ -243,15 +243,10 @@ def scorer_predict(scorer: Any, frame: Any, device: str) -> tuple[float, np.ndar
 
 
 def make_scorer(model_dir: Path, backend: str, device: str, threads: int) -> Any:
-    from rulebert.export import OnnxBackend
     from rulebert.predict import Scorer
 
-    scorer = Scorer(model_dir, device=device, backend=backend)
+    scorer = Scorer(model_dir, device=device, backend=backend, threads=threads)
     scorer.calibrator = None  # raw scores: every path is compared on the same quantity
-    if scorer.onnx is not None and scorer.onnx.session.get_session_options().intra_op_num_threads != threads:
-        rebuilt = OnnxBackend(scorer.onnx.path, scorer.tokenizer, threads=threads)
-        rebuilt.config, rebuilt.record = scorer.onnx.config, scorer.onnx.record
-        scorer.onnx = rebuilt
     return scorer
 
 
@@ -312,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging
 
     from rulebert import data as D
-    from rulebert.export import export_onnx, physical_cores
+    from rulebert.backends import physical_cores
+    from rulebert.export import export_onnx
 
     logging.set_verbosity_error()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -343,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{k} {v[-1]:.2f} rows/s" for k, v in train_rates.items())
         )
     bf16_training = bool(fit.trainer.args.bf16)
-    from rulebert.predict import inference_bf16
+    from rulebert.backends import inference_bf16
 
     bf16_predict = inference_bf16(device)
 

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from rulebert import data as D  # noqa: E402
 from rulebert.config import TrainConfig  # noqa: E402
-from rulebert.evaluate import baseline_recipe, column_averaged_auc, finetune_recipe, kfold_folds, loro_folds  # noqa: E402
+from rulebert.evaluate import baseline_recipe, finetune_recipe, kfold_folds, loro_folds  # noqa: E402
+from rulebert.metrics import column_averaged_auc  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default": {},

@@ -23,11 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
     from rulebert import data as D
+    from rulebert.backends import predict_features
     from rulebert.config import TrainConfig
     from rulebert.evaluate import evaluate, finetune_fit
     from rulebert.export import export_onnx
     from rulebert.model import save_model_dir
-    from rulebert.predict import Scorer, predict_features
+    from rulebert.predict import Scorer
     from rulebert.text import encode_frame
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -4,19 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from rulebert.calibrate import (
-    CALIBRATION_FILE,
-    Calibrator,
-    best_f1_threshold,
-    brier_score,
-    calibrate_validation,
-    expected_calibration_error,
-    fit_calibrator,
-    load_calibrator,
-    logit,
-    save_calibrator,
-)
+from rulebert.calibrate import Calibrator, calibrate_validation, fit_calibrator, logit
 from rulebert.errors import RulebertError
+from rulebert.metrics import best_f1_threshold, brier_score, expected_calibration_error
+from rulebert.model import CALIBRATION_FILE, load_calibrator, save_calibrator
 
 
 def miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,16 @@ import pytest
 from rulebert.cli import main
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
-from rulebert.export import ONNX_FILE, ONNX_INT8_FILE, ONNX_RECORD, export_onnx
+from rulebert.export import export_onnx
 from rulebert.files import sha256_file
-from rulebert.model import load_checkpoint, save_model_dir, verify_model_dir
+from rulebert.model import (
+    ONNX_FILE,
+    ONNX_INT8_FILE,
+    ONNX_RECORD,
+    load_checkpoint,
+    save_model_dir,
+    verify_model_dir,
+)
 from rulebert.predict import Scorer
 
 BODIES = [" ".join(["word"] * n) + " buy cheap" for n in (1, 40, 3, 25, 7, 90)]
@@ -70,7 +77,7 @@ def test_cli_export_then_predict_says_which_backend(model_dir, data_dir, tmp_pat
 def test_light_tokenizer_encodes_and_pads_like_transformers(model_dir, input_format):
     from transformers import AutoTokenizer
 
-    from rulebert.export import LightTokenizer
+    from rulebert.backends import LightTokenizer
     from rulebert.text import encode_rows
 
     hf, light = AutoTokenizer.from_pretrained(str(model_dir)), LightTokenizer(model_dir)

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from rulebert import report
-from rulebert.calibrate import CALIBRATION_FILE, load_calibrator
 from rulebert.config import TrainConfig
+from rulebert.model import CALIBRATION_FILE, load_calibrator
 from rulebert.report import HTML_FILE, PREDICTIONS_FILE, write_html_report, write_model_report
 
 
@@ -55,7 +55,7 @@ def test_report_has_every_picture_it_references(tmp_path):
 
 
 def test_header_numbers_match_the_data(tmp_path):
-    from rulebert.evaluate import column_averaged_auc
+    from rulebert.metrics import column_averaged_auc
 
     labels, scores, rules, _ = synthetic(seed=1)
     page = write_html_report(tmp_path, "t", labels, scores, rules, threshold=0.5).read_text(encoding="utf-8")
@@ -106,7 +106,7 @@ def trained(tiny_checkpoint, tmp_path_factory):
 
 
 def test_training_writes_calibration_threshold_and_report(trained):
-    from rulebert.evaluate import column_averaged_auc
+    from rulebert.metrics import column_averaged_auc
     from rulebert.predict import Scorer
 
     model_dir, result = trained

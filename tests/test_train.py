@@ -56,7 +56,7 @@ def test_metrics_per_epoch_and_best_epoch_kept(trained):
 def test_the_saved_model_is_the_best_epoch(trained, tiny_checkpoint):
     """Scoring the validation split again reproduces the best epoch's col AUC: the best model was kept."""
     from rulebert import data as D
-    from rulebert.evaluate import classification_metrics
+    from rulebert.metrics import classification_metrics
     from rulebert.train import prepare_rows
 
     folder, config, result = trained
@@ -106,7 +106,7 @@ def test_template_input_format_trains(tiny_checkpoint, data_dir, tmp_path):
 def test_keep_last_epoch(tiny_checkpoint, data_dir, tmp_path):
     """The default keeps the last epoch: its metrics are reported and its weights are the ones saved."""
     from rulebert import data as D
-    from rulebert.evaluate import classification_metrics
+    from rulebert.metrics import classification_metrics
     from rulebert.train import prepare_rows
 
     config = tiny_config(tiny_checkpoint, epochs=3)
@@ -124,7 +124,7 @@ def test_keep_last_epoch(tiny_checkpoint, data_dir, tmp_path):
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    from rulebert.train import cpu_has_native_bf16
+    from rulebert.backends import cpu_has_native_bf16
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni\n")
@@ -135,14 +135,14 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
 
 
 def test_bf16_on_needs_hardware_for_it(monkeypatch):
-    from rulebert import train
+    from rulebert import backends
 
-    monkeypatch.setattr(train, "bf16_device", lambda: None)
-    assert not train._use_bf16("auto")
+    monkeypatch.setattr(backends, "bf16_device", lambda: None)
+    assert not backends.training_bf16("auto")
     with pytest.raises(RulebertError, match="bf16"):
-        train._use_bf16("on")
-    monkeypatch.setattr(train, "bf16_device", lambda: "cpu")
-    assert train._use_bf16("auto") and not train._use_bf16("off")
+        backends.training_bf16("on")
+    monkeypatch.setattr(backends, "bf16_device", lambda: "cpu")
+    assert backends.training_bf16("auto") and not backends.training_bf16("off")
 
 
 def test_bf16_training_on_a_cpu_reports_what_the_saved_model_scores(
@@ -152,12 +152,12 @@ def test_bf16_training_on_a_cpu_reports_what_the_saved_model_scores(
     metrics (down to the loss) are what the saved model reproduces."""
     import torch
 
+    from rulebert import backends
     from rulebert import data as D
-    from rulebert import train
     from rulebert.train import prepare_rows
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda *a: True)  # emulated where the CPU lacks it
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda *a: True)  # emulated where the CPU lacks it
     config = tiny_config(tiny_checkpoint, epochs=1)
     result = train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False)
     assert result.metrics["device"] == "cpu" and result.metrics["bf16"]

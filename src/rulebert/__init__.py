@@ -1,15 +1,30 @@
 """rulebert: fine-tune a BERT model to predict whether a comment breaks a community rule.
 
-One module per stage, each importable alone (heavy libraries are imported lazily): ``data`` (read and
-validate CSVs, labelled rows, de-duplication, splits), ``text`` (how a row becomes model input), ``model``
-(checkpoints, trained model dirs), ``train`` (HF Trainer) with ``checkpoints`` (resumable, marked
-checkpoints), ``predict`` (Scorer, submission) with ``export`` (ONNX backend), ``calibrate``, ``evaluate``
-(metrics, loro/kfold protocols), ``report``, ``score`` (files), ``serve`` (HTTP), ``pipeline`` (the Kaggle
-flow) and ``cli`` (thin).
+Layers, each importing only those below it (``tests/test_layers.py`` keeps it so):
+
+- foundations: ``errors``, ``files`` (atomic writes), ``config`` (validated :class:`TrainConfig`);
+- domain, no torch: ``data`` (CSVs, labelled rows), ``text`` (row -> model input), ``metrics``,
+  ``calibrate``;
+- model files and runtime: ``model`` (the model-dir format), ``checkpoints``, ``backends`` (device, batching,
+  torch and ONNX inference);
+- use cases: ``report``, ``train``, ``predict`` (:class:`Scorer`), ``export``, ``evaluate``;
+- front ends: ``pipeline`` (the Kaggle flow), ``score`` (files), ``serve`` (HTTP), ``cli``.
+
+Heavy libraries are imported where they are used: ``import rulebert`` loads neither torch nor transformers.
 """
 
+from typing import Any
+
+from rulebert._version import __version__
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 
-__version__ = "0.1.0"
-__all__ = ["RulebertError", "TrainConfig", "__version__"]
+__all__ = ["RulebertError", "Scorer", "TrainConfig", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Scorer":  # lazily: the scorer's module imports numpy, pandas and the backends
+        from rulebert.predict import Scorer
+
+        return Scorer
+    raise AttributeError(f"module 'rulebert' has no attribute {name!r}")

@@ -9,25 +9,35 @@ of cross-entropy on small data make them over-confident). Two fixes, fitted on h
 - ``isotonic``: a non-decreasing step function (sklearn's ``IsotonicRegression``). It can fit any
   monotone distortion but merges neighbouring scores into ties, so AUC may move a little (usually down).
 
-The fitted calibrator is plain JSON (``calibration.json`` in the model dir): method plus parameters, and
-for isotonic the two threshold arrays that ``np.interp`` needs; no pickles.
+The fitted calibrator is plain JSON (the model dir's ``calibration.json``, read and written by
+:mod:`rulebert.model`): method plus parameters, and for isotonic the two threshold arrays that ``np.interp``
+needs; no pickles. Fit, transform and (de)serialise: nothing else lives here.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rulebert.errors import RulebertError
+from rulebert.metrics import best_f1_threshold, brier_score, expected_calibration_error
 
-CALIBRATION_FILE = "calibration.json"
+__all__ = [  # the metrics are re-exported: calibration summaries are made of them
+    "METHODS",
+    "CalibratedValidation",
+    "Calibrator",
+    "best_f1_threshold",
+    "brier_score",
+    "calibrate_fit",
+    "calibrate_validation",
+    "expected_calibration_error",
+    "fit_calibrator",
+    "logit",
+]
 METHODS = ("platt", "isotonic")  # or "none" for calibrate_validation: threshold only
 _EPS = 1e-7  # keeps logit() finite for scores of exactly 0 or 1
 
@@ -59,13 +69,40 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> Calibrator:
+        """A calibrator from its JSON form, checked: a NaN or non-positive Platt slope, or isotonic arrays
+        that are empty, unsorted or outside [0, 1], would score garbage, so each is a ``ValueError``."""
+        if not isinstance(payload, dict):
+            raise ValueError(f"not a calibrator: a JSON {type(payload).__name__}, not an object")
         payload = dict(payload)
         method = payload.pop("method", None)
         if method == "platt" and {"slope", "intercept"} <= set(payload):
-            return cls(method, {"slope": float(payload["slope"]), "intercept": float(payload["intercept"])})
-        if method == "isotonic" and {"x", "y"} <= set(payload) and len(payload["x"]) == len(payload["y"]):
-            return cls(method, {"x": [float(v) for v in payload["x"]], "y": [float(v) for v in payload["y"]]})
+            slope, intercept = _finite(payload["slope"], "slope"), _finite(payload["intercept"], "intercept")
+            if not slope > 0:
+                raise ValueError(f"Platt slope {slope} is not positive")
+            return cls(method, {"slope": slope, "intercept": intercept})
+        if method == "isotonic" and {"x", "y"} <= set(payload):
+            x = [_finite(v, "x") for v in _as_list(payload["x"], "x")]
+            y = [_finite(v, "y") for v in _as_list(payload["y"], "y")]
+            if not x or len(x) != len(y):
+                raise ValueError(f"isotonic x and y must be non-empty and of one length ({len(x)}, {len(y)})")
+            if np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
+                raise ValueError("isotonic x and y must be non-decreasing")
+            if min(y) < 0 or max(y) > 1:
+                raise ValueError("isotonic y must lie in [0, 1]")
+            return cls(method, {"x": x, "y": y})
         raise ValueError(f"not a calibrator: method {method!r} with keys {sorted(payload)}")
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _finite(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def fit_calibrator(
@@ -103,71 +140,6 @@ def fit_calibrator(
     if not slope > 0:
         raise ValueError(f"Platt slope {slope:.3g} is not positive (scores rank no better than chance)")
     return Calibrator("platt", {"slope": slope, "intercept": intercept})
-
-
-def save_calibrator(calibrator: Calibrator, model_dir: str | os.PathLike) -> Path:
-    from rulebert.files import write_json_atomic
-
-    path = Path(model_dir) / CALIBRATION_FILE
-    write_json_atomic(path, calibrator.to_dict())
-    return path
-
-
-def load_calibrator(model_dir: str | os.PathLike) -> Calibrator | None:
-    """The model dir's calibrator, or ``None`` when it has no ``calibration.json``."""
-    path = Path(model_dir) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        return Calibrator.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise RulebertError(f"{path}: unreadable calibration ({err})") from None
-
-
-def brier_score(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Mean squared error of the probabilities (0 is perfect; 0.25 is always answering 0.5)."""
-    labels, scores = np.asarray(labels, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    return float(np.mean((scores - labels) ** 2)) if len(labels) else math.nan
-
-
-def expected_calibration_error(
-    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, bins: int = 10
-) -> float:
-    """Row-weighted mean |mean score - fraction positive| over ``bins`` equal-width score bins."""
-    labels, scores = np.asarray(labels, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    if not len(labels):
-        return math.nan
-    which = np.clip((scores * bins).astype(int), 0, bins - 1)
-    total = 0.0
-    for b in np.unique(which):
-        mask = which == b
-        total += mask.sum() * abs(scores[mask].mean() - labels[mask].mean())
-    return float(total / len(labels))
-
-
-def best_f1_threshold(
-    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
-) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 of ``score >= threshold``.
-
-    Every distinct score is a candidate cut; the threshold returned is halfway between the cut score and
-    the next lower one, so it does not sit exactly on a validation row. O(n log n).
-    """
-    labels = np.asarray(labels).astype(int)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = int(labels.sum())
-    if positives == 0:
-        raise ValueError("F1 needs at least one positive row")
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    last_of_value = np.r_[s[1:] != s[:-1], True]  # cut only after the last row of a run of ties
-    true_pos = np.cumsum(y)[last_of_value]
-    predicted = (np.arange(1, len(s) + 1))[last_of_value]
-    f1 = 2 * true_pos / (predicted + positives)
-    best = int(np.argmax(f1))
-    cut = s[last_of_value][best]
-    below = s[last_of_value][best + 1] if best + 1 < len(f1) else cut
-    return float((cut + below) / 2 if below < cut else cut), float(f1[best])
 
 
 def _cross_fitted(labels: np.ndarray, scores: np.ndarray, method: str, folds: int = 5) -> np.ndarray | None:
@@ -248,27 +220,9 @@ class CalibratedValidation:
         return None if self.calibrator is None else self.calibrator.transform(self.scores)
 
     @property
-    def extra_files(self) -> dict[str, Any]:
-        """Files for ``model.save_model_dir(extra_files=...)``."""
-        return {CALIBRATION_FILE: self.calibrator.to_dict()} if self.calibrator else {}
-
-    def write_report(self, model_dir: str | os.PathLike) -> None:
-        """``validation_predictions.csv`` and ``report.html`` into a saved model dir.
-
-        The model is already saved and is the point of training, so a report that fails to draw is a
-        warning, not an error (and leaves no partial report behind).
-        """
-        import warnings
-
-        from rulebert.report import PREDICTIONS_FILE, write_model_report, write_predictions_csv
-
-        write_predictions_csv(
-            Path(model_dir) / PREDICTIONS_FILE, self.labels, self.scores, self.rules, self.calibrated
-        )
-        try:
-            write_model_report(model_dir)
-        except Exception as err:  # any plotting failure: the model itself is fine
-            warnings.warn(f"{model_dir}: report.html not written ({err})", stacklevel=2)
+    def calibrator_json(self) -> dict[str, Any]:
+        """Its JSON form (``{}`` when nothing was fitted), for the model dir."""
+        return self.calibrator.to_dict() if self.calibrator else {}
 
 
 def calibrate_fit(

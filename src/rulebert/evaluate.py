@@ -1,16 +1,14 @@
-"""Metrics (accuracy, F1, ROC AUC, the competition's column-averaged AUC) and the evaluation harness.
-
-:func:`evaluate` (``rulebert evaluate``) scores any recipe under leave-one-rule-out or grouped k-fold
-cross-validation beside a TF-IDF baseline on the identical split; see the comment above :func:`loro_folds`.
+"""The evaluation harness (``rulebert evaluate``): any recipe under leave-one-rule-out or grouped k-fold
+cross-validation beside a TF-IDF baseline on the identical split; see the comment below on the protocols.
+The scores themselves come from :mod:`rulebert.metrics`; the page and ROC plot from :mod:`rulebert.report`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,52 +18,11 @@ import numpy as np
 import pandas as pd
 
 from rulebert import data as D
+from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
-from rulebert.files import atomic_write, write_json_atomic
-
-
-def column_averaged_auc(
-    labels: Sequence[int], scores: Sequence[float], rules: Sequence[str]
-) -> tuple[float, dict[str, float]]:
-    """Mean of the per-rule ROC AUCs (the competition metric) and the per-rule values.
-
-    A rule whose rows hold only one class has no AUC and is left out of the mean; ``nan`` if none has one.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    labels, scores, rules = (
-        np.asarray(labels),
-        np.asarray(scores, dtype=float),
-        np.asarray(rules, dtype=object),
-    )
-    per_rule = {}
-    for rule in dict.fromkeys(rules.tolist()):  # first-seen order
-        mask = rules == rule
-        if len(np.unique(labels[mask])) == 2:
-            per_rule[rule] = float(roc_auc_score(labels[mask], scores[mask]))
-    mean = float(np.mean(list(per_rule.values()))) if per_rule else math.nan
-    return mean, per_rule
-
-
-def classification_metrics(
-    labels: Sequence[int], probabilities: Sequence[float], rules: Sequence[str], threshold: float = 0.5
-) -> dict[str, Any]:
-    """Accuracy and F1 at ``threshold``, ROC AUC over all rows, and column-averaged AUC."""
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-
-    labels = np.asarray(labels).astype(int)
-    probabilities = np.asarray(probabilities, dtype=float)
-    predicted = (probabilities >= threshold).astype(int)
-    col_auc, per_rule = column_averaged_auc(labels, probabilities, rules)
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "f1": float(f1_score(labels, predicted, zero_division=0)),
-        "roc_auc": float(roc_auc_score(labels, probabilities)) if len(np.unique(labels)) == 2 else math.nan,
-        "col_auc": col_auc,
-        "per_rule_auc": per_rule,
-        "rows": int(len(labels)),
-    }
-
+from rulebert.files import write_csv_atomic, write_json_atomic
+from rulebert.metrics import auc_or_none, mean_or_none
+from rulebert.report import plot_roc, write_html_report
 
 # --- Evaluation harness: `rulebert evaluate` ----------------------------------------------------------
 #
@@ -195,25 +152,20 @@ def baseline_recipe(
 def finetune_fit(
     config: Any, train_rows: pd.DataFrame, score_rows: pd.DataFrame, work_dir: Path, *, progress: bool = False
 ) -> Any:
-    """The training half of :func:`finetune_recipe`: ``train.fit_rows`` on the rows the recipe trains on
-    (with ``train_rules="target"`` only the scored rules'). Returns the ``FitResult``, for recipes that need
-    the model itself.
+    """The training half of :func:`finetune_recipe`: ``train.fit_selected`` (the path ``rulebert train``
+    takes: with ``train_rules="target"`` only the scored rules' rows, a validation split when
+    ``config.val_fraction`` > 0, then fine-tuning). Returns the ``FitResult``, for recipes that need the
+    model itself."""
+    from rulebert.train import fit_selected
 
-    With ``config.val_fraction`` > 0 a split of the training rows, grouped by text, is held out for
-    validation (and picks the best epoch with ``keep="best"``).
-    """
-    from rulebert.train import fit_rows, select_training_rules
-
-    train_rows = select_training_rules(train_rows, score_rows[D.RULE], config)
-    fit_part, val_part = D.grouped_split(train_rows, config.val_fraction, config.seed)
-    return fit_rows(config, fit_part, val_part, work_dir, progress=progress)
+    return fit_selected(config, train_rows, work_dir, target_rules=score_rows[D.RULE], progress=progress)
 
 
 def finetune_recipe(
     config: Any, train_rows: pd.DataFrame, score_rows: pd.DataFrame, work_dir: Path, *, progress: bool = False
 ) -> np.ndarray:
     """The default recipe: fine-tune ``config.model`` on the rows (:func:`finetune_fit`), then score."""
-    from rulebert.predict import predict_features
+    from rulebert.backends import predict_features
     from rulebert.text import encode_frame
 
     fit = finetune_fit(config, train_rows, score_rows, work_dir, progress=progress)
@@ -222,20 +174,6 @@ def finetune_recipe(
 
 
 RECIPES: dict[str, Recipe] = {"finetune": finetune_recipe, "baseline": baseline_recipe}
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray | None) -> float | None:
-    """ROC AUC, or None where it does not exist (one class, or no scores)."""
-    from sklearn.metrics import roc_auc_score
-
-    if scores is None or len(np.unique(labels)) < 2:
-        return None
-    return float(roc_auc_score(labels, scores))
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def _rule_table(
@@ -249,16 +187,16 @@ def _rule_table(
         table[rule] = {
             "n": int(mask.sum()),
             "positives": int(labels[mask].sum()),
-            "model_auc": _auc(labels[mask], None if model is None else model[mask]),
-            "baseline_auc": _auc(labels[mask], baseline[mask]),
+            "model_auc": auc_or_none(labels[mask], None if model is None else model[mask]),
+            "baseline_auc": auc_or_none(labels[mask], baseline[mask]),
         }
     return table
 
 
 def _summary(table: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     return {
-        "model_col_auc": _mean([r["model_auc"] for r in table.values()]),
-        "baseline_col_auc": _mean([r["baseline_auc"] for r in table.values()]),
+        "model_col_auc": mean_or_none([r["model_auc"] for r in table.values()]),
+        "baseline_col_auc": mean_or_none([r["baseline_auc"] for r in table.values()]),
     }
 
 
@@ -290,55 +228,12 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_roc_curves(
-    path: str | os.PathLike,
-    labels: np.ndarray,
-    rules: np.ndarray,
-    model: np.ndarray | None,
-    baseline: np.ndarray,
-) -> None:
-    """Per-rule ROC curves: the model solid, the baseline dashed, one colour per rule. Written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
-    try:
-        for index, rule in enumerate(dict.fromkeys(rules.tolist())):
-            mask = rules == rule
-            if len(np.unique(labels[mask])) < 2:
-                continue
-            colour = f"C{index % 10}"
-            name = " ".join(str(rule).split())[:40]
-            for scores, style, kind in ((model, "-", "model"), (baseline, "--", "baseline")):
-                if scores is not None:
-                    fpr, tpr, _ = roc_curve(labels[mask], scores[mask])
-                    auc = _auc(labels[mask], scores[mask])
-                    ax.plot(fpr, tpr, style, color=colour, lw=1.5, label=f"{kind}: {name} ({auc:.3f})")
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC per rule (AUC)")
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        with atomic_write(path, "wb") as handle:
-            fig.savefig(handle, format="png")
-    finally:
-        plt.close(fig)
-
-
 def _write_html(
     output_dir: Path, result: dict[str, Any], labels: np.ndarray, scores: np.ndarray, rules: np.ndarray
 ) -> None:
-    """report.html through rulebert.report, when that module offers it (optional: never fails the run)."""
+    """report.html of an evaluation (a failure is a warning: evaluation.json and the PNG are the results)."""
     try:
-        from rulebert import report
-    except ImportError:
-        return
-    if not hasattr(report, "write_html_report"):
-        return
-    try:
-        report.write_html_report(
+        write_html_report(
             output_dir,
             f"rulebert evaluation: {result['protocol']} ({result['recipe']})",
             labels,
@@ -378,8 +273,6 @@ def evaluate(
     import tempfile
 
     from tqdm.auto import tqdm
-
-    from rulebert.config import TrainConfig
 
     started = time.perf_counter()
     config = config if config is not None else TrainConfig()
@@ -447,17 +340,16 @@ def evaluate(
         "baseline": BASELINE_DESCRIPTION,
         "mean": _summary(per_rule),
         "fold_mean": {
-            "model_col_auc": _mean([f["model_col_auc"] for f in fold_results]),
-            "baseline_col_auc": _mean([f["baseline_col_auc"] for f in fold_results]),
+            "model_col_auc": mean_or_none([f["model_col_auc"] for f in fold_results]),
+            "baseline_col_auc": mean_or_none([f["baseline_col_auc"] for f in fold_results]),
         },
         "per_rule": per_rule,
         "folds": fold_results,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     labels, rules = predictions[D.LABEL].to_numpy().astype(int), predictions[D.RULE].to_numpy()
-    plot_roc_curves(output_dir / ROC_FILE, labels, rules, model_scores, predictions["baseline"].to_numpy())
-    with atomic_write(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8", newline="") as handle:
-        predictions.to_csv(handle, index=False)
+    plot_roc(output_dir / ROC_FILE, labels, model_scores, rules, baseline=predictions["baseline"].to_numpy())
+    write_csv_atomic(predictions, output_dir / PREDICTIONS_FILE)
     _write_html(
         output_dir,
         result,

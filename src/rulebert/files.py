@@ -1,24 +1,46 @@
 """Atomic file output: write to a temp file beside the target, then rename it into place.
 
 A reader (or a crash) therefore sees either the old file or the whole new one, never a half-written one.
+Nothing here changes process-wide state (the umask is read, never set; the csv field limit is restored).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
 import json
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def current_umask() -> int:
+    """The process umask, read from ``/proc/self/status`` (Linux); 0o022 where it cannot be read.
+
+    ``os.umask`` can only be read by setting it, which would race with other threads creating files."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    return 0o022
+
+
+def _final_mode(path: Path) -> int:
+    """A replaced file keeps its permissions (a 0600 output stays 0600); a new one gets the usual ones."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
 
 
 @contextmanager
@@ -27,8 +49,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
     try:
+        os.chmod(tmp, _final_mode(path))  # mkstemp makes 0600
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
@@ -55,3 +77,28 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     with atomic_write(path, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2, default=str)
         handle.write("\n")
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` as CSV (no index), atomically: no half-written file on failure."""
+    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+        frame.to_csv(handle, index=False)
+    return Path(path)
+
+
+_CSV_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def csv_field_limit(limit: int) -> Iterator[None]:
+    """Raise the ``csv`` module's field size limit (default 128 KiB) for the duration of a read only.
+
+    The limit is process-wide in the standard library; it is restored afterwards, under a lock so that two
+    threads reading CSVs do not restore each other's value half-way."""
+    with _CSV_LIMIT_LOCK:
+        previous = csv.field_size_limit()
+        csv.field_size_limit(max(previous, limit))
+        try:
+            yield
+        finally:
+            csv.field_size_limit(previous)

@@ -1,4 +1,9 @@
-"""The competition flow in one call: train on train.csv + test.csv's examples, predict test.csv."""
+"""The competition flow in one call: train on train.csv + test.csv's examples, predict test.csv.
+
+``rulebert run`` reads top to bottom here: :func:`rulebert.train.train_model` (rows -> Trainer -> model dir
+with calibration and report.html), :func:`rulebert.predict.predict_file` (Scorer -> submission.csv), then a
+short report.md that points at the model dir's report.html (drawn once, by training).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,10 @@ from typing import Any
 
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
+from rulebert.model import REPORT_FILE as MODEL_REPORT_FILE
+from rulebert.predict import predict_file
+from rulebert.report import write_markdown_report
+from rulebert.train import train_model
 
 MODEL_SUBDIR = "model"
 SUBMISSION_FILE = "submission.csv"
@@ -23,14 +32,11 @@ def run_competition(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train on DATA/train.csv (+ DATA/test.csv's examples); write OUT/submission.csv, report.md, report.html.
+    """Train on DATA/train.csv (+ DATA/test.csv's examples); write OUT/submission.csv and OUT/report.md.
 
-    The model goes to OUT/model. The submission is checked against DATA/sample_submission.csv if present.
+    The model goes to OUT/model, with its report.html. The submission is checked against
+    DATA/sample_submission.csv if present.
     """
-    from rulebert.predict import predict_file
-    from rulebert.report import write_markdown_report, write_model_report
-    from rulebert.train import train_model
-
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     train_path, test_path = data_dir / "train.csv", data_dir / "test.csv"
     for path in (train_path, test_path):
@@ -56,8 +62,13 @@ def run_competition(
         sample_path=data_dir / "sample_submission.csv",
         progress=progress,
     )
-    write_markdown_report(output_dir / REPORT_FILE, config, result.metrics, submission_rows=len(submission))
-    write_model_report(result.output_dir, output_dir)  # OUT/report.html + PNGs, from the model's validation
+    write_markdown_report(
+        output_dir / REPORT_FILE,
+        config,
+        result.metrics,
+        submission_rows=len(submission),
+        html_report=f"{MODEL_SUBDIR}/{MODEL_REPORT_FILE}",
+    )
     return {
         "model_dir": str(result.output_dir),
         "submission": str(output_dir / SUBMISSION_FILE),

@@ -1,12 +1,14 @@
-"""Score comments with a trained model dir and write a submission.
+"""Score comments with a trained model dir (:class:`Scorer`) and write a competition submission.
 
-Rows are tokenised once, sorted by length and cut into batches by a token budget, so a batch of short
-comments is not padded to the length of a long one (the notebook padded every row to 512 tokens).
+:class:`Scorer` is the one inference entry point: it verifies the model dir, picks a backend
+(:mod:`rulebert.backends`: the exported ONNX file on a CPU, else torch), tokenises (rule, comment) rows the
+way the model was trained, scores them and applies the model dir's calibration.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,78 +16,38 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rulebert.backends import BACKENDS, OnnxBackend, TorchBackend, gpu_present
 from rulebert.config import TrainConfig
+from rulebert.data import BODY, ROW_ID, RULE, SUBREDDIT, read_csv
 from rulebert.errors import RulebertError
-from rulebert.files import atomic_write
+from rulebert.files import write_csv_atomic
+from rulebert.model import find_onnx, load_calibrator, load_model_dir, read_metrics, verify_model_dir
+from rulebert.text import encode_rows
 
 SUBMISSION_COLUMNS = ("row_id", "rule_violation")
 
 
-def violation_probability(logits: np.ndarray) -> np.ndarray:
-    """P(violation) from a classifier's two logits per row: the softmax's second column, computed as
-    ``exp(l1 - logaddexp(l0, l1))`` so that large logits neither overflow nor round to NaN."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return np.exp(logits[:, 1] - np.logaddexp(logits[:, 0], logits[:, 1]))
+def open_backend(
+    model_dir: Path, backend: str = "auto", device: str | None = None, threads: int | None = None
+) -> tuple[TorchBackend | OnnxBackend, dict[str, Any]]:
+    """(backend, verified record) for a model dir.
 
-
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[np.ndarray]:
-    """Indices sorted by length (longest first), cut so that rows x longest length <= ``max_tokens``."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        longest = lengths[order[start]]
-        size = max(1, min(max_rows, max_tokens // max(longest, 1)))
-        batches.append(order[start : start + size])
-        start += size
-    return batches
-
-
-def pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def inference_bf16(device: str) -> bool:
-    """Whether scoring on ``device`` runs under bf16 autocast: on a CUDA GPU with bf16, yes (faster, and
-    what training used); on a CPU no, fp32 scores (ONNX int8 is the fast CPU path: ``rulebert export``)."""
-    import torch
-
-    return device == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def predict_features(
-    model: Any,
-    tokenizer: Any,
-    features: list[dict[str, list[int]]],
-    *,
-    max_tokens: int = 16384,
-    max_rows: int = 256,
-    progress: bool = True,
-    device: str | None = None,
-) -> np.ndarray:
-    """P(violation) for each tokenised row, in input order."""
-    import torch
-    from tqdm.auto import tqdm
-
-    device = device or pick_device()
-    model.to(device).eval()
-    probabilities = np.zeros(len(features), dtype=np.float32)
-    lengths = [len(f["input_ids"]) for f in features]
-    batches = token_budget_batches(lengths, max_tokens, max_rows)
-    use_bf16 = inference_bf16(device)
-    with (
-        torch.inference_mode(),
-        tqdm(total=len(features), desc="predict", unit="row", disable=not progress) as bar,
-    ):
-        for batch in batches:
-            padded = tokenizer.pad([features[i] for i in batch], return_tensors="pt")
-            padded = {k: v.to(device) for k, v in padded.items()}
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(**padded).logits
-            probabilities[batch] = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
-            bar.update(len(batch))
-    return probabilities
+    ``auto`` takes a valid exported ONNX file on a CPU (no device asked for and no GPU visible, or
+    ``device="cpu"``); on a GPU the torch model with bf16 is faster. ``onnx`` / ``torch`` force one.
+    The ONNX path never imports torch or transformers.
+    """
+    if backend not in BACKENDS:
+        raise RulebertError(f"unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
+    wanted = device or ("cuda" if gpu_present() else "cpu")
+    if backend == "onnx" or (backend == "auto" and wanted == "cpu"):
+        record = verify_model_dir(model_dir)
+        path = find_onnx(model_dir, record)
+        if path is not None:
+            return OnnxBackend(path, threads=threads), record
+        if backend == "onnx":
+            raise RulebertError(f"{model_dir}: no usable ONNX file (run `rulebert export --model-dir DIR`)")
+    model, tokenizer, _config, record = load_model_dir(model_dir)
+    return TorchBackend(model, tokenizer, device), record
 
 
 class Scorer:
@@ -97,39 +59,38 @@ class Scorer:
     """
 
     def __init__(
-        self, model_dir: str | os.PathLike, device: str | None = None, backend: str = "auto"
+        self,
+        model_dir: str | os.PathLike,
+        device: str | None = None,
+        backend: str = "auto",
+        *,
+        threads: int | None = None,
     ) -> None:
-        from rulebert.export import open_onnx_backend
-        from rulebert.model import load_model_dir
-
         self.model_dir = Path(model_dir)
         # ``backend``: "auto" scores with an exported ONNX file (rulebert export) on a CPU, else torch;
         # "onnx" / "torch" force one. ``self.backend`` says which one runs ("torch", "onnx", "onnx-int8").
-        self.onnx = open_onnx_backend(self.model_dir, backend, device)
-        if self.onnx is not None:
-            self.model, self.device, self.backend = None, "cpu", self.onnx.name
-            self.tokenizer, self.config, self.record = self.onnx.tokenizer, self.onnx.config, self.onnx.record
-        else:
-            self.model, self.tokenizer, self.config, self.record = load_model_dir(model_dir)
-            self.device = device or pick_device()
-            self.model.to(self.device)
-            self.backend = "torch"
-        from rulebert.calibrate import load_calibrator
-
+        self.runtime, self.record = open_backend(self.model_dir, backend, device, threads)
+        self.config = TrainConfig.from_dict(self.record["config"])
+        self.backend, self.device = self.runtime.name, self.runtime.device
+        self.tokenizer = self.runtime.tokenizer
+        self.model = getattr(self.runtime, "model", None)  # the torch model, when torch scores
         # calibration.json (fitted on validation at train time) turns raw scores into probabilities; set
         # ``scorer.calibrator = None`` for raw ones. Platt keeps the ranking; isotonic may create ties.
         self.calibrator = load_calibrator(self.model_dir)
-        self._metrics = _read_metrics(self.model_dir)  # a loaded model dir does not change: read it once
+        self.metrics = read_metrics(self.model_dir)  # a loaded model dir does not change: read it once
 
     @property
     def train_config(self) -> TrainConfig:
         return self.config
 
+    @property
+    def threshold(self) -> float:
+        """The decision threshold the model dir recommends (``metrics.json`` ``threshold``), else 0.5."""
+        return float(self.metrics.get("threshold", 0.5))
+
     def encode(
         self, bodies: Sequence[str], rules: Sequence[str], subreddits: Sequence[str] | None = None
     ) -> list[dict[str, list[int]]]:
-        from rulebert.text import encode_rows
-
         return encode_rows(
             self.tokenizer,
             rules,
@@ -139,16 +100,6 @@ class Scorer:
             include_subreddit=self.config.include_subreddit,
             max_length=self.config.max_length,
         )
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """The model dir's ``metrics.json`` (validation metrics, ...); ``{}`` when absent."""
-        return self._metrics
-
-    @property
-    def threshold(self) -> float:
-        """The decision threshold the model dir recommends (``metrics.json`` ``threshold``), else 0.5."""
-        return float(self.metrics.get("threshold", 0.5))
 
     def score(
         self,
@@ -166,30 +117,8 @@ class Scorer:
         rule (as in the competition's example columns). The fine-tuned classifier reads only (rule, comment);
         recipes that also use a rule's examples at scoring time take them from here.
         """
-        features = self.encode(bodies, rules, subreddits)
-        if self.onnx is not None:
-            raw = self.onnx.predict(features, progress=progress)
-        else:
-            raw = predict_features(
-                self.model, self.tokenizer, features, progress=progress, device=self.device
-            )
+        raw = self.runtime.predict(self.encode(bodies, rules, subreddits), progress=progress)
         return raw if self.calibrator is None else self.calibrator.transform(raw)
-
-
-def _read_metrics(model_dir: Path) -> dict[str, Any]:
-    import json
-
-    from rulebert.model import METRICS_FILE
-
-    path = model_dir / METRICS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``frame`` as CSV via a temp file and a rename: no half-written file on failure."""
-    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
-        frame.to_csv(handle, index=False)
-    return Path(path)
 
 
 def check_submission(submission: pd.DataFrame, sample_path: str | os.PathLike) -> None:
@@ -227,11 +156,7 @@ def predict_file(
     Rows are tokenised and scored ``chunk_rows`` at a time: the token lists of a whole 50k-row file as
     Python ints would take several hundred MB. Says on stderr which backend scored (see :class:`Scorer`).
     """
-    import sys
-
     from tqdm.auto import tqdm
-
-    from rulebert.data import BODY, ROW_ID, RULE, SUBREDDIT, read_csv
 
     test = read_csv(test_path, labelled=False, need_row_id=True)
     scorer = Scorer(model_dir, backend=backend)

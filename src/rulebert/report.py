@@ -2,7 +2,11 @@
 
 The HTML report answers "is this model any good?" at a glance (column AUC, F1 at the recommended
 threshold, rows, wall time) and then shows why: per-rule ROC curves, score histograms, a reliability
-curve before/after calibration, metrics per epoch and the confusion matrix.
+curve before/after calibration, metrics per epoch and the confusion matrix. ``rulebert evaluate`` uses the
+same page and the same ROC plot (with the baseline dashed beside the model).
+
+Plots are drawn on matplotlib ``Figure`` objects directly (no pyplot): no backend is switched and no global
+figure state is touched, so a host program's matplotlib settings stay as they were.
 """
 
 from __future__ import annotations
@@ -15,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from rulebert.config import TrainConfig
-from rulebert.files import atomic_write
+from rulebert.files import atomic_write, write_csv_atomic
+from rulebert.metrics import (
+    auc_or_none,
+    brier_score,
+    column_averaged_auc,
+    expected_calibration_error,
+    reliability_bins,
+)
+from rulebert.model import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, VALIDATION_SCOPE, read_metrics
 
 
 def _fmt(value: Any) -> str:
@@ -37,8 +49,10 @@ def write_markdown_report(
     metrics: dict[str, Any],
     *,
     submission_rows: int | None = None,
+    html_report: str | None = None,
 ) -> None:
-    """A short Markdown report: settings, wall time, validation metrics per epoch."""
+    """A short Markdown report: settings, wall time, validation metrics per epoch (and a link to
+    ``html_report``, the page with the plots, when given)."""
     lines = [
         "# rulebert training report",
         "",
@@ -50,6 +64,8 @@ def write_markdown_report(
     ]
     if submission_rows is not None:
         lines.append(f"- submission: {submission_rows} rows")
+    if html_report is not None:
+        lines.append(f"- plots, calibration and per-rule AUC: [{html_report}]({html_report})")
     lines += ["", "## Validation per epoch", "", epoch_table(metrics.get("epochs", []))]
     with atomic_write(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -57,8 +73,8 @@ def write_markdown_report(
 
 # --- HTML report with plots -------------------------------------------------------------------------------
 
-HTML_FILE = "report.html"
-PREDICTIONS_FILE = "validation_predictions.csv"
+HTML_FILE = REPORT_FILE
+__all__ = ["HTML_FILE", "METRICS_FILE", "PREDICTIONS_FILE", "write_html_report", "write_model_report"]
 _PLOT_PREFIX = "report_"
 
 
@@ -67,39 +83,51 @@ def _short(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
-def _figure() -> tuple[Any, Any]:
-    import matplotlib
+def _figure(size: tuple[float, float] = (6.4, 4.4)) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display on servers or Kaggle; must precede pyplot
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    fig = Figure(figsize=size, dpi=100)
+    return fig, fig.subplots()
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
+def _save(fig: Any, path: str | os.PathLike) -> None:
+    """The figure as a PNG at ``path``, written atomically."""
+    fig.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png")
 
 
-def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, rules: np.ndarray) -> None:
-    """One ROC curve per rule (those with both classes), plus all rows pooled (dashed)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+def plot_roc(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    rules: np.ndarray,
+    baseline: np.ndarray | None = None,
+) -> None:
+    """One ROC curve per rule (those with both classes). With ``baseline`` scores, each rule's baseline
+    curve is drawn dashed in the rule's colour; without, all rows pooled are drawn dashed in black."""
+    from sklearn.metrics import roc_curve
 
-    fig, ax = _figure()
-    for rule in dict.fromkeys(rules.tolist()):
+    labels, rules = np.asarray(labels), np.asarray(rules, dtype=object)
+    fig, ax = _figure((7, 5) if baseline is not None else (6.4, 4.4))
+    for index, rule in enumerate(dict.fromkeys(rules.tolist())):
         mask = rules == rule
-        if len(np.unique(labels[mask])) == 2:
-            fpr, tpr, _ = roc_curve(labels[mask], scores[mask])
-            auc = roc_auc_score(labels[mask], scores[mask])
-            ax.plot(fpr, tpr, lw=1.5, label=f"{_short(rule, 40)} ({auc:.3f}, n={mask.sum()})")
-    if len(np.unique(labels)) == 2:
+        if len(np.unique(labels[mask])) < 2:
+            continue
+        colour = f"C{index % 10}"
+        curves = [(scores, "-", "model: " if baseline is not None else "")]
+        if baseline is not None:
+            curves.append((baseline, "--", "baseline: "))
+        for values, style, kind in curves:
+            if values is None:
+                continue
+            fpr, tpr, _ = roc_curve(labels[mask], values[mask])
+            auc = auc_or_none(labels[mask], values[mask])
+            label = f"{kind}{_short(rule, 40)} ({auc:.3f}, n={mask.sum()})"
+            ax.plot(fpr, tpr, style, color=colour, lw=1.5, label=label)
+    if baseline is None and scores is not None and len(np.unique(labels)) == 2:
         fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, "k--", lw=1, label=f"all rows ({roc_auc_score(labels, scores):.3f})")
+        ax.plot(fpr, tpr, "k--", lw=1, label=f"all rows ({auc_or_none(labels, scores):.3f})")
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC per rule (AUC, rows)")
     ax.legend(fontsize=7, loc="lower right")
@@ -131,19 +159,13 @@ def plot_reliability(
     path: Path, labels: np.ndarray, scores: np.ndarray, calibrated: np.ndarray | None, bins: int = 10
 ) -> None:
     """Mean predicted probability vs. observed frequency per score bin; the diagonal is perfect."""
-    from rulebert.calibrate import brier_score, expected_calibration_error
-
     fig, ax = _figure()
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, label="perfectly calibrated")
     curves = [("raw", scores, "tab:orange")]
     if calibrated is not None:
         curves.append(("calibrated", calibrated, "tab:green"))
     for name, values, colour in curves:
-        which = np.clip((values * bins).astype(int), 0, bins - 1)
-        used = np.unique(which)
-        mean_score = [values[which == b].mean() for b in used]
-        observed = [labels[which == b].mean() for b in used]
-        counts = [int(np.sum(which == b)) for b in used]
+        mean_score, observed, counts = reliability_bins(labels, values, bins)
         label = (
             f"{name} (Brier {brier_score(labels, values):.3f}, "
             f"ECE {expected_calibration_error(labels, values, bins):.3f})"
@@ -218,19 +240,21 @@ def write_html_report(
     threshold: float | None = None,
     wall_seconds: float | None = None,
     details: dict[str, Any] | None = None,
+    kept_epoch: float | None = None,
+    note: str | None = None,
 ) -> Path:
     """Write ``output_dir/report.html`` and its PNGs (``report_*.png``) for (label, score, rule) rows.
 
     ``scores`` are the raw model scores; ``calibrated`` the same rows after calibration (the reliability
     plot then shows both, and the threshold / confusion matrix use them). ``threshold`` defaults to 0.5.
-    ``details`` adds rows (name -> value) to the settings table. Everything is drawn into a temp dir first
-    and moved into place with report.html last, so a failing plot leaves no new or half-written report.
+    ``details`` adds rows (name -> value) to the settings table; ``kept_epoch`` is the epoch whose weights
+    were kept (said under the epoch plot); ``note`` is a paragraph under the title. Everything is drawn
+    into a temp dir first and moved into place with report.html last, so a failing plot leaves no new or
+    half-written report.
     """
     import html
     import shutil
     import tempfile
-
-    from rulebert.evaluate import column_averaged_auc
 
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
@@ -305,7 +329,8 @@ def write_html_report(
                     "Metrics per epoch",
                     "epochs",
                     lambda p: plot_epochs(p, epochs),
-                    "Validation metrics after each epoch; the best col_auc epoch is kept.",
+                    "Validation metrics after each epoch"
+                    + (f"; the model keeps epoch {kept_epoch:g}." if kept_epoch is not None else "."),
                 )
             )
         for heading, name, draw, caption in plots:
@@ -339,6 +364,7 @@ section img {{ width: 100%; }} table {{ border-collapse: collapse; margin: 1em 0
 td, th {{ border: 1px solid #ddd; padding: .25em .6em; text-align: left; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
+{f"<p>{esc(note)}</p>" if note else ""}
 <div class="tiles">{"".join(tiles)}</div>
 {"<p><b>No validation rows: nothing to plot.</b></p>" if not len(labels) else ""}
 {figures}
@@ -374,20 +400,15 @@ def write_predictions_csv(
         }
     )
     frame["calibrated"] = frame["score"] if calibrated is None else np.asarray(calibrated, dtype=np.float64)
-    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
-        frame.to_csv(handle, index=False)
-    return Path(path)
+    return write_csv_atomic(frame, path)
 
 
 def write_model_report(model_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> Path:
     """report.html for a trained model dir, from its ``validation_predictions.csv`` and ``metrics.json``."""
-    import json
-
     import pandas as pd
 
     model_dir = Path(model_dir)
-    metrics_path = model_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    metrics = read_metrics(model_dir)
     path = model_dir / PREDICTIONS_FILE
     frame = (
         pd.read_csv(path, dtype={"rule": str}, keep_default_na=False)
@@ -414,4 +435,6 @@ def write_model_report(model_dir: str | os.PathLike, output_dir: str | os.PathLi
         threshold=metrics.get("threshold"),
         wall_seconds=metrics.get("wall_seconds"),
         details=details,
+        kept_epoch=(metrics.get("validation") or {}).get("epoch"),
+        note=VALIDATION_SCOPE,
     )

@@ -24,6 +24,16 @@ TEMPLATE = "r/{subreddit}\nRule: {rule}\n"
 
 # A rule longer than this share of max_length is itself shortened: a comment must keep some room.
 _MAX_FIRST_SEGMENT_SHARE = 0.75
+# Texts are cut to max_length x this many characters *before* tokenising: a WordPiece token covers at most
+# 100 characters of a word (a longer word is one [UNK]), so the cut never changes the tokens that truncation
+# keeps for real text, while a 20 MB JSONL line no longer becomes millions of tokens (3.4 GB of memory).
+_MAX_CHARS_PER_TOKEN = 100
+
+
+def cut_for_tokenizer(texts: Sequence[str], max_length: int) -> list[str]:
+    """Each text cut to the characters that ``max_length`` tokens can use (see ``_MAX_CHARS_PER_TOKEN``)."""
+    limit = max_length * _MAX_CHARS_PER_TOKEN
+    return [text if len(text) <= limit else text[:limit] for text in texts]
 
 
 def first_segment(rule: str, subreddit: str, include_subreddit: bool) -> str:
@@ -62,6 +72,8 @@ def encode_rows(
         raise ValueError("rules, bodies and subreddits must have the same length")
     if not bodies:
         return []
+    rules, bodies = cut_for_tokenizer(rules, max_length), cut_for_tokenizer(bodies, max_length)
+    subreddits = cut_for_tokenizer(subreddits, max_length)
     rule_budget = int(max_length * _MAX_FIRST_SEGMENT_SHARE)
     if input_format == "pair":
         firsts = [first_segment(r, s, include_subreddit) for r, s in zip(rules, subreddits, strict=True)]

@@ -24,6 +24,8 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from rulebert import data as D
+from rulebert.backends import inference_bf16, predict_features, training_bf16, violation_probability
+from rulebert.calibrate import CalibratedValidation, calibrate_fit
 from rulebert.checkpoints import (
     CheckpointingTrainer,
     SaveEveryStepsCallback,
@@ -33,9 +35,17 @@ from rulebert.checkpoints import (
 )
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
-from rulebert.evaluate import classification_metrics
-from rulebert.model import check_output_dir, load_checkpoint, read_record, resolve_checkpoint, save_model_dir
-from rulebert.predict import inference_bf16, violation_probability
+from rulebert.metrics import classification_metrics
+from rulebert.model import (
+    CALIBRATION_FILE,
+    PREDICTIONS_FILE,
+    check_output_dir,
+    load_checkpoint,
+    read_record,
+    resolve_checkpoint,
+    save_model_dir,
+)
+from rulebert.report import write_model_report, write_predictions_csv
 from rulebert.text import encode_frame
 
 CHECKPOINT_DIR = "checkpoints"
@@ -103,31 +113,6 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): there, bf16 autocast trains ~1.8x
-    faster than fp32 (measured: MiniLM, 2 EPYC cores). Without it oneDNN emulates bf16 and is slower."""
-    try:
-        with open(cpuinfo, encoding="utf-8") as lines:
-            flags = next((line for line in lines if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: no cheap way to know, so fp32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def bf16_device() -> str | None:
-    """Where bf16 mixed precision can run fast here: ``"cuda"``, ``"cpu"`` or None."""
-    if torch.cuda.is_available():
-        return "cuda" if torch.cuda.is_bf16_supported() else None
-    return "cpu" if cpu_has_native_bf16() else None
-
-
-def _use_bf16(setting: str) -> bool:
-    available = bf16_device() is not None
-    if setting == "on" and not available:
-        raise RulebertError("--bf16 on needs a CUDA GPU or a CPU with bf16 instructions (AVX512-BF16 or AMX)")
-    return setting == "on" or (setting == "auto" and available)
-
-
 def select_training_rules(rows: pd.DataFrame, target_rules: Any, config: TrainConfig) -> pd.DataFrame:
     """The rows to train on: with ``train_rules="target"`` only those of the rules to be scored."""
     if config.train_rules == "all":
@@ -138,7 +123,8 @@ def select_training_rules(rows: pd.DataFrame, target_rules: Any, config: TrainCo
 def prepare_rows(
     config: TrainConfig, train_path: str | os.PathLike, test_path: str | os.PathLike | None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Labelled rows for training and the data fingerprint recorded with the model."""
+    """Labelled rows for training (with a test file: only its rules', see :func:`select_training_rules`)
+    and the data fingerprint recorded with the model."""
     train_frame = D.read_csv(train_path, labelled=True)
     test_frame = D.read_csv(test_path, labelled=False) if test_path and config.use_test_examples else None
     rows, stats = D.labelled_rows(train_frame, test_frame, dedupe=config.dedupe)
@@ -199,7 +185,7 @@ def fit_rows(
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     on_gpu = torch.cuda.is_available()
-    use_bf16 = _use_bf16(config.bf16)
+    use_bf16 = training_bf16(config.bf16)
     args = TrainingArguments(
         output_dir=str(work_dir / CHECKPOINT_DIR),
         num_train_epochs=config.epochs,
@@ -234,11 +220,11 @@ def fit_rows(
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
         compute_metrics=compute_metrics if has_val else None,
         callbacks=[SaveEveryStepsCallback(config.save_steps)] if config.save_steps else None,
+        checkpoint_record={
+            "config": config.to_dict(),
+            "data": {"train_rows": _rows_digest(train_rows), "val_rows": _rows_digest(val_rows)},
+        },
     )
-    trainer.checkpoint_record = {
-        "config": config.to_dict(),
-        "data": {"train_rows": _rows_digest(train_rows), "val_rows": _rows_digest(val_rows)},
-    }
     checkpoint = None
     if resume:  # the newest checkpoint marked complete; half-written ones are deleted
         checkpoint = resume_checkpoint(
@@ -278,14 +264,51 @@ def fit_rows(
     return FitResult(model, tokenizer, trainer, metrics, val_rows, val_set.features)
 
 
-def _calibrate_validation(fit: FitResult, method: str) -> Any:
-    """Score the validation rows with the kept model; fit the calibrator and threshold on them."""
-    from rulebert.calibrate import calibrate_fit
-    from rulebert.predict import predict_features
+def fit_selected(
+    config: TrainConfig,
+    rows: pd.DataFrame,
+    work_dir: str | os.PathLike,
+    *,
+    target_rules: Any = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """The one path from labelled rows to a fitted model, shared by :func:`train_model` and evaluation:
+    select the rows to train on (``train_rules="target"``: only ``target_rules``' rows, when given;
+    :func:`train_model` selected them in :func:`prepare_rows` already), hold a validation split out (grouped
+    by text), fine-tune (:func:`fit_rows`)."""
+    if target_rules is not None:
+        rows = select_training_rules(rows, target_rules, config)
+    train_rows, val_rows = D.grouped_split(rows, config.val_fraction, config.seed)
+    return fit_rows(config, train_rows, val_rows, work_dir, resume=resume, progress=progress)
 
+
+def _calibrate_validation(fit: FitResult, method: str) -> CalibratedValidation:
+    """Score the validation rows with the kept model; fit the calibrator and threshold on them."""
     val, features = fit.val_rows, fit.val_features
     scores = predict_features(fit.model, fit.tokenizer, features, progress=False) if features else np.zeros(0)
     return calibrate_fit(fit.metrics, val[D.LABEL].to_numpy(), scores, val[D.RULE].to_numpy(), method)
+
+
+def _write_validation_report(calibrated: CalibratedValidation, model_dir: Path) -> None:
+    """``validation_predictions.csv`` and ``report.html`` into a saved model dir.
+
+    The model is already saved and is the point of training, so a report that fails to draw is a warning,
+    not an error (and leaves no partial report behind).
+    """
+    import warnings
+
+    write_predictions_csv(
+        model_dir / PREDICTIONS_FILE,
+        calibrated.labels,
+        calibrated.scores,
+        calibrated.rules,
+        calibrated.calibrated,
+    )
+    try:
+        write_model_report(model_dir)
+    except Exception as err:  # any plotting failure: the model itself is fine
+        warnings.warn(f"{model_dir}: report.html not written ({err})", stacklevel=2)
 
 
 def train_model(
@@ -316,12 +339,12 @@ def train_model(
                 "or --overwrite to start over"
             )
     base_model = resolve_checkpoint(config.model)
-    train_rows, val_rows = D.grouped_split(rows, config.val_fraction, config.seed)
-    fit = fit_rows(config, train_rows, val_rows, output_dir, resume=resume, progress=progress)
+    fit = fit_selected(config, rows, output_dir, resume=resume, progress=progress)
     trainer, tokenizer, metrics = fit.trainer, fit.tokenizer, fit.metrics
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     if trainer.is_world_process_zero():
         calibrated = _calibrate_validation(fit, calibration)  # adds metrics threshold, calibration
+        calibration_file = calibrated.calibrator_json
         save_model_dir(
             output_dir,
             trainer.model,
@@ -330,9 +353,9 @@ def train_model(
             base_model=base_model,
             data=fingerprint,
             metrics=metrics,
-            extra_files=calibrated.extra_files,
+            extra_files={CALIBRATION_FILE: calibration_file} if calibration_file else None,
         )
-        calibrated.write_report(output_dir)
+        _write_validation_report(calibrated, output_dir)
         if not keep_checkpoints:
             shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
     return TrainResult(output_dir=output_dir, metrics=metrics)

@@ -1,0 +1,3 @@
+"""The package version, in one place (``rulebert --version``, the API's ``version``, model dir records)."""
+
+__version__ = "0.1.0"
