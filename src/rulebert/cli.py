@@ -199,6 +199,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.output,
         examples_path=args.examples,
         progress=not args.no_progress,
+        raw_csv=args.raw_csv,
     )
     if args.output != "-":
         print(f"wrote {count} rows to {args.output}", file=sys.stderr)
@@ -293,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--input", required=True, help="CSV/JSONL with a body or comment column; - for stdin")
     score.add_argument("--output", default="-", help="same format as the input; - (default) for stdout")
     score.add_argument("--no-progress", action="store_true")
+    score.add_argument(
+        "--raw-csv",
+        action="store_true",
+        help="write CSV cells as they are; by default a cell starting with = + - @ tab or CR gets a "
+        "leading ' so that spreadsheets do not run it as a formula",
+    )
     score.set_defaults(func=cmd_score)
     return parser
 

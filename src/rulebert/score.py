@@ -5,7 +5,11 @@ tensors in memory. Every input column/key is kept and a ``probability`` column i
 is already there). A file output is written atomically; ``-`` means stdin / stdout.
 
 CSV goes through the ``csv`` module rather than pandas: cells stay the exact strings they were (no
-``NaN``, no ``1.0`` for ``1``) and a bad byte or row is reported with its line number.
+``NaN``, no ``1.0`` for ``1``) and a bad byte or row is reported with its line number. One exception, by
+default: a CSV cell that a spreadsheet would run as a formula (it starts with ``=``, ``+``, ``-``, ``@``,
+a tab or a carriage return; comments are written by strangers) is written with a leading ``'``, as OWASP
+recommends against CSV injection; ``raw_csv=True`` (``rulebert score --raw-csv``) writes cells as they are.
+JSONL output is never changed.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ TEXT_COLUMNS = ("body", "comment")
 EXAMPLE_TEXT_COLUMNS = ("text", "body", "comment")
 EXAMPLE_LABEL_COLUMNS = ("label", "rule_violation")
 PROBABILITY = "probability"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula (OWASP)
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
@@ -180,6 +185,27 @@ def read_examples(path: str | os.PathLike) -> Examples:
     return examples
 
 
+def defuse_formulas(cells: Sequence[str]) -> list[str]:
+    """CSV cells that a spreadsheet would run as formulas, with a leading ``'``; other cells unchanged."""
+    return [f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell for cell in cells]
+
+
+class _CsvRows:
+    """``csv.writer`` with ``\\n`` line ends that also quotes a cell holding a bare ``\\r``.
+
+    The csv module quotes only the characters of its line terminator: a cell ``a\\rb`` went out unquoted
+    and a reader saw two rows (the second one starting with whatever the comment put after the CR, a
+    formula say). Such a row is written with every cell quoted; it reads back as the same cells.
+    """
+
+    def __init__(self, out: IO[str]) -> None:
+        self.plain = csv.writer(out, lineterminator="\n")
+        self.quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, cells: Sequence[str]) -> None:
+        (self.quoted if any("\r" in cell for cell in cells) else self.plain).writerow(cells)
+
+
 def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
     chunk: list[Row] = []
     for row in rows:
@@ -210,8 +236,12 @@ def score_stream(
     examples: Examples | None = None,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
+    raw_csv: bool = False,
 ) -> int:
-    """Score every row of ``input_path`` against ``rule`` with a loaded ``Scorer``; return the row count."""
+    """Score every row of ``input_path`` against ``rule`` with a loaded ``Scorer``; return the row count.
+
+    CSV cells that would run as spreadsheet formulas get a leading ``'`` unless ``raw_csv``.
+    """
     from tqdm.auto import tqdm
 
     if not rule.strip():
@@ -225,9 +255,10 @@ def score_stream(
     ):
         if fmt == "csv":
             header, rows = _csv_rows(handle, name, TEXT_COLUMNS)
-            writer = csv.writer(out, lineterminator="\n")
+            writer = _CsvRows(out)
+            cells_out = list if raw_csv else defuse_formulas
             has_probability = PROBABILITY in header
-            writer.writerow(header if has_probability else [*header, PROBABILITY])
+            writer.writerow(cells_out(header if has_probability else [*header, PROBABILITY]))
         else:
             rows = _jsonl_rows(handle, name, TEXT_COLUMNS)
         for chunk in _chunks(_checked(rows), chunk_rows):
@@ -249,7 +280,7 @@ def score_stream(
                         cells[header.index(PROBABILITY)] = f"{value:.6f}"
                     else:
                         cells.append(f"{value:.6f}")
-                    writer.writerow(cells)
+                    writer.writerow(cells_out(cells))
                 else:
                     out.write(json.dumps({**row.record, PROBABILITY: value}, ensure_ascii=False) + "\n")
             count += n
@@ -268,6 +299,7 @@ def score_file(
     examples_path: str | os.PathLike | None = None,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
+    raw_csv: bool = False,
 ) -> int:
     """Load ``model_dir`` once and stream ``input_path`` through it (see :func:`score_stream`)."""
     from rulebert.predict import Scorer
@@ -277,5 +309,12 @@ def score_file(
     examples = read_examples(examples_path) if examples_path is not None else None
     scorer = Scorer(model_dir)
     return score_stream(
-        scorer, rule, input_path, output_path, examples=examples, chunk_rows=chunk_rows, progress=progress
+        scorer,
+        rule,
+        input_path,
+        output_path,
+        examples=examples,
+        chunk_rows=chunk_rows,
+        progress=progress,
+        raw_csv=raw_csv,
     )
