@@ -182,9 +182,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from rulebert.serve import run_server
+    from rulebert.serve import read_api_key, run_server
 
-    run_server(args.model_dir, host=args.host, port=args.port, log_level=args.log_level)
+    api_key = read_api_key(args.api_key_file)  # RULEBERT_API_KEY when there is no file; checked first
+    run_server(
+        args.model_dir,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        api_key=api_key,
+        allowed_hosts=args.allowed_host,
+        max_connections=args.max_connections,
+        request_timeout=args.request_timeout,
+    )
     return 0
 
 
@@ -285,6 +295,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="file holding the API key that /v1/* requests must send as 'Authorization: Bearer KEY' "
+        "(default: the RULEBERT_API_KEY environment variable; none: no key)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a Host header name to accept besides loopback and --host (repeatable; '*' accepts any)",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=64, help="connections served at once; beyond: 503 (default 64)"
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        help="seconds for a request's headers, then its body, to arrive; else 408 and closed (default 10)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     score = commands.add_parser("score", help="add a probability column to a CSV/JSONL of comments")
