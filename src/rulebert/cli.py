@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rulebert._version import __version__
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 
@@ -72,10 +73,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    if args.epochs <= 0 or args.lr <= 0 or args.batch_size <= 0 or args.max_length < 16:
-        raise RulebertError("--epochs, --lr and --batch-size must be positive and --max-length at least 16")
-    if args.save_steps is not None and args.save_steps <= 0:
-        raise RulebertError("--save-steps must be positive")
+    """The flags as a :class:`TrainConfig`, which checks them (a bad value is a one-line error)."""
     return TrainConfig(
         model=args.model,
         epochs=args.epochs,
@@ -240,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rulebert", description="Fine-tune BERT to predict whether a comment breaks a community rule."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="fine-tune a model on a labelled CSV")
@@ -334,12 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.set_defaults(func=cmd_score)
     return parser
-
-
-def _version() -> str:
-    from rulebert import __version__
-
-    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
