@@ -13,9 +13,9 @@ PACKAGE = Path(rulebert.__file__).parent
 LAYERS = [
     ["_version", "errors", "files", "config"],  # foundations
     ["data", "text", "metrics", "calibrate"],  # domain, no torch
-    ["model", "checkpoints", "backends"],  # model files and runtime
+    ["integrity", "model", "checkpoints", "backends"],  # model files and runtime
     ["report", "train", "predict", "export", "evaluate"],  # use cases
-    ["pipeline", "score", "serve", "cli"],  # front ends
+    ["http_guard", "http_validation", "pipeline", "score", "serve", "cli"],  # front ends
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -189,13 +189,13 @@ def test_create_app_key_is_compared_in_constant_time(monkeypatch):
     import rulebert.serve
 
     calls = []
-    real = rulebert.serve.hmac.compare_digest
+    real = rulebert.http_guard.hmac.compare_digest
 
     def spy(a, b):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(rulebert.serve.hmac, "compare_digest", spy)
+    monkeypatch.setattr(rulebert.http_guard.hmac, "compare_digest", spy)
     client = TestClient(create_app(FakeScorer(), api_key=f" {KEY}\n"))
     assert client.get("/v1/model").status_code == 401
     assert client.get("/v1/model", headers={"Authorization": "Bearer nope"}).status_code == 401

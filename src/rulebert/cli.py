@@ -180,7 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from rulebert.serve import read_api_key, run_server
+    from rulebert.http_guard import read_api_key
+    from rulebert.serve import run_server
 
     api_key = read_api_key(args.api_key_file)  # RULEBERT_API_KEY when there is no file; checked first
     run_server(

@@ -18,28 +18,36 @@ Hardening, for a server that may be reachable from a browser or a network:
 
 from __future__ import annotations
 
-import email.message
-import hmac
-import json
-import math
 import os
 import sys
 import threading
-import typing
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from ipaddress import IPv6Address
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from rulebert._version import __version__
 from rulebert.errors import RulebertError
+from rulebert.http_guard import (
+    API_KEY_ENV,
+    KEEP_ALIVE_SECONDS,
+    LOOPBACK,
+    MAX_CONNECTIONS,
+    OPEN_PATHS,
+    REQUEST_TIMEOUT,
+    ApiKey,
+    BodyLimit,
+    allowed_hosts_for,
+    check_api_key,
+    guarded_protocol,
+)
+from rulebert.http_validation import MAX_ERRORS, InvalidBody, error_body, parse_body
 
 # Limits. A comment's size is counted in UTF-8 bytes (10 kB, what a Reddit comment holds, 10,000 chars,
 # is at most 40 kB of UTF-8; moderators paste real comments, not novels).
@@ -50,23 +58,8 @@ MAX_EXAMPLES = 16  # per rule, for each of positive / negative
 MAX_RULES = 64  # rules per /v1/score request
 MAX_BATCH = 256  # items per /v1/score/batch request
 MAX_BODY_BYTES = 1_048_576  # whole request body
-# After an early answer (413, 401) to a request whose body is still arriving, at most this much of it is
-# read and dropped, for at most DRAIN_SECONDS, before the socket is closed: the answer is sent first, so
-# the drain never delays it; it only spares the client a reset connection while it is still sending.
-DRAIN_BYTES = MAX_BODY_BYTES
-DRAIN_SECONDS = 1.0
 MAX_ID_CHARS = 200
 MAX_SUBREDDIT_CHARS = 100
-MAX_ERRORS = 20  # validation errors reported in a 422; the rest are counted
-MAX_ECHO_CHARS = 200  # characters of a bad input echoed in a 422
-MANY_ERRORS = 1_000  # more validation errors than this are counted, and only a few of them listed
-REQUEST_TIMEOUT = 10.0  # seconds to send a request's headers, and then its body (else 408, closed)
-MAX_CONNECTIONS = 64  # open connections served at once; beyond it requests get 503
-KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as they appear in a Host header
-OPEN_PATHS = ("/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
-API_KEY_ENV = "RULEBERT_API_KEY"
 
 
 def _utf8_at_most(limit: int) -> AfterValidator:
@@ -141,346 +134,6 @@ class InvalidRequestResponse(BaseModel):
     errors_not_shown: int | None = Field(None, description="how many more errors there were")
 
 
-# --- raw ASGI helpers -----------------------------------------------------------------------------------
-
-
-def _header(scope: dict, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
-
-
-def _body_follows(scope: dict) -> bool:
-    """Whether the request declares a body (which may still be on its way)."""
-    length = _header(scope, b"content-length")
-    if length is not None:
-        return length.strip() not in (b"", b"0")
-    return b"chunked" in (_header(scope, b"transfer-encoding") or b"").lower()
-
-
-async def _refuse(
-    scope: dict,
-    receive: Any,
-    send: Any,
-    status: int,
-    detail: str,
-    *,
-    unread_body: bool,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-    drain: bool = True,
-) -> None:
-    """Answer ``status`` at once, without waiting for (or asking for, with ``100 Continue``) the body.
-
-    When part of the body may be unread the connection is closed after the answer; a little of what the
-    client is still sending is read and dropped first (``DRAIN_BYTES``, ``DRAIN_SECONDS``), since closing
-    a socket with unread data resets it and some clients then lose the answer.
-    """
-    body = json.dumps({"detail": detail}).encode()
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if unread_body:
-        raw_headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": [*raw_headers, *headers]})
-    await send({"type": "http.response.body", "body": body, "more_body": True})
-    expects_continue = (_header(scope, b"expect") or b"").lower() == b"100-continue"
-    if unread_body and drain and not expects_continue:  # such a client sends no body after a final answer
-        with anyio.move_on_after(DRAIN_SECONDS):
-            drained = 0
-            while drained <= DRAIN_BYTES:
-                message = await receive()
-                if message["type"] != "http.request" or not message.get("more_body", False):
-                    break
-                drained += len(message.get("body", b""))
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is answered 413 without being parsed, and one
-    that has not fully arrived within ``timeout`` seconds 408; the connection is closed after either.
-
-    The declared Content-Length is checked first, before any of the body is read (a client that sent
-    ``Expect: 100-continue`` never gets ``100 Continue``); a chunked body is counted as it arrives.
-    """
-
-    def __init__(self, app: Any, limit: int, timeout: float = REQUEST_TIMEOUT) -> None:
-        self.app, self.limit, self.timeout = app, limit, timeout
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = (_header(scope, b"content-length") or b"").strip()
-        if declared.isdigit() and (len(declared) > 18 or int(declared) > self.limit):
-            size = f"{int(declared)} bytes" if len(declared) <= 18 else f"{len(declared)} digits of bytes"
-            await self._too_big(scope, receive, send, size)
-            return
-        chunks: list[bytes] = []
-        size, complete, too_big = 0, False, False
-        with anyio.move_on_after(self.timeout):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client went away: there is no one to answer
-                chunks.append(message.get("body", b""))
-                size += len(chunks[-1])
-                if size > self.limit:
-                    too_big = True
-                    break
-                if not message.get("more_body", False):
-                    complete = True
-                    break
-        if too_big:
-            await self._too_big(scope, receive, send, f"over {self.limit} bytes")
-            return
-        if not complete:
-            detail = f"the request body did not arrive within {self.timeout:g} s"
-            await _refuse(scope, receive, send, 408, detail, unread_body=True, drain=False)
-            return
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_big(self, scope: dict, receive: Any, send: Any, size: str) -> None:
-        detail = f"request body is {size}; the limit is {self.limit} bytes"
-        await _refuse(scope, receive, send, 413, detail, unread_body=True)
-
-
-class ApiKey:
-    """ASGI middleware: every request but ``OPEN_PATHS`` needs ``Authorization: Bearer <key>``, else 401.
-
-    The key is compared in constant time; a refused request's body is never read.
-    """
-
-    def __init__(self, app: Any, key: str) -> None:
-        self.app, self.key = app, key.encode("ascii")
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
-            detail = "this server needs an API key: send the header 'Authorization: Bearer <key>'"
-            challenge = [(b"www-authenticate", b"Bearer")]
-            unread = _body_follows(scope)
-            await _refuse(scope, receive, send, 401, detail, unread_body=unread, headers=challenge)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorized(self, scope: dict) -> bool:
-        scheme, _, token = (_header(scope, b"authorization") or b"").strip().partition(b" ")
-        matches = hmac.compare_digest(token.strip(), self.key)  # constant time, whatever the scheme
-        return matches and scheme.lower() == b"bearer"
-
-
-def check_api_key(key: str, source: str) -> str:
-    """``key`` stripped, or a one-line error naming ``source`` when it is empty or not header-safe."""
-    key = key.strip()
-    if not key:
-        raise RulebertError(f"{source}: the API key is empty")
-    if not all("\x21" <= c <= "\x7e" for c in key):
-        raise RulebertError(f"{source}: the API key must be printable ASCII, without spaces")
-    return key
-
-
-def read_api_key(path: str | os.PathLike | None, environ: dict[str, str] | None = None) -> str | None:
-    """The key from the file ``path`` (its content stripped), else from ``RULEBERT_API_KEY``, else None."""
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-            raise RulebertError(f"{path}: cannot read the API key file ({reason})") from None
-        return check_api_key(text, str(path))
-    value = (os.environ if environ is None else environ).get(API_KEY_ENV)
-    return None if value is None else check_api_key(value, API_KEY_ENV)
-
-
-def _host_pattern(host: str) -> str:
-    """A host name or address as it appears in a Host header (an IPv6 address in brackets), lower case."""
-    host = host.strip().lower()
-    try:
-        IPv6Address(host.strip("[]"))
-    except ValueError:
-        return host
-    return f"[{host.strip('[]')}]"
-
-
-def allowed_hosts_for(bound: str, extra: Iterable[str] = ()) -> list[str]:
-    """The Host header values a server bound to ``bound`` accepts: loopback names, the bound address
-    (unless it is a wildcard) and ``extra`` (``*`` accepts any; ``*.example.org`` any subdomain)."""
-    extra = [_host_pattern(h) for h in extra]
-    for pattern in extra:
-        wildcard_ok = pattern == "*" or (pattern.startswith("*.") and "*" not in pattern[1:])
-        if not pattern or any(c in pattern for c in "/ \t,") or ("*" in pattern and not wildcard_ok):
-            raise RulebertError(f"--allowed-host {pattern!r}: expected a host name, an address or '*'")
-        if ":" in pattern and not pattern.startswith("["):
-            raise RulebertError(f"--allowed-host {pattern!r}: give the host without a port")
-    if "*" in extra:
-        return ["*"]
-    hosts = list(LOOPBACK_HOSTS)
-    if bound not in ("0.0.0.0", "::", ""):
-        hosts.append(_host_pattern(bound))
-    return list(dict.fromkeys([*hosts, *extra]))
-
-
-# --- validation errors ------------------------------------------------------------------------------------
-
-
-def _text(value: str) -> str:
-    """At most ``MAX_ECHO_CHARS`` characters of ``value``, lone surrogates replaced (always UTF-8-safe)."""
-    if len(value) > MAX_ECHO_CHARS:
-        value = value[:MAX_ECHO_CHARS] + "…"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return value
-
-
-def _echo(value: Any) -> Any:
-    """A bad input as plain JSON, cut short: non-finite floats, huge integers and odd objects as text."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value if value.bit_length() <= 63 else _text(f"an integer of {value.bit_length()} bits")
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, bytes | bytearray):
-        return _text(bytes(value[: 4 * MAX_ECHO_CHARS + 4]).decode("utf-8", "replace"))
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, list | tuple | dict):
-        try:
-            text = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
-        except (ValueError, TypeError, RecursionError):
-            return _text(f"a {type(value).__name__} of {len(value)} items")
-        if len(text) > MAX_ECHO_CHARS:
-            return _text(text)
-        if isinstance(value, dict):
-            return {_text(str(k)): _echo(v) for k, v in value.items()}
-        return [_echo(v) for v in value]
-    return _text(str(value))
-
-
-def _clean_error(error: dict[str, Any], prefix: tuple[str, ...]) -> dict[str, Any]:
-    loc = [*prefix, *error.get("loc", ())]
-    clean: dict[str, Any] = {
-        "type": _text(str(error.get("type", "invalid"))),
-        "loc": [p if isinstance(p, int) and not isinstance(p, bool) else _text(str(p)) for p in loc],
-        "msg": _text(str(error.get("msg", ""))),
-    }
-    if "input" in error:
-        clean["input"] = _echo(error["input"])
-    if error.get("ctx"):
-        clean["ctx"] = {_text(str(k)): _echo(v) for k, v in list(error["ctx"].items())[:8]}
-    return clean
-
-
-FALLBACK_422 = b'{"detail":[{"type":"invalid","loc":["body"],"msg":"the request is not valid"}]}'
-
-
-def error_body(errors: Sequence[dict[str, Any]], total: int | None = None, prefix: tuple = ()) -> bytes:
-    """A 422's JSON: the first ``MAX_ERRORS`` errors made safe to encode, and the count of the rest.
-
-    Never fails: anything that still cannot be encoded gives a generic one-error answer.
-    """
-    try:
-        total = len(errors) if total is None else total
-        shown = [_clean_error(error, prefix) for error in errors[:MAX_ERRORS]]
-        payload: dict[str, Any] = {"detail": shown}
-        if total > len(shown):
-            payload["errors_not_shown"] = total - len(shown)
-        return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    except Exception:  # noqa: BLE001 - the answer to a bad request must never be a 500
-        return FALLBACK_422
-
-
-class InvalidBody(Exception):
-    """A request body that failed validation; ``content`` is the 422's JSON."""
-
-    def __init__(self, content: bytes) -> None:
-        super().__init__("invalid request body")
-        self.content = content
-
-
-def _is_json(content_type: str | None) -> bool:
-    """FastAPI's rule: ``application/json`` or ``application/*+json``; no Content-Type is not JSON."""
-    if not content_type:
-        return False
-    message = email.message.Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _validate(model: type[M], body: bytes, content_type: str | None) -> M | bytes:
-    """``body`` as ``model``, or a 422's JSON. Runs in a worker thread: a big invalid body (100,000 unknown
-    keys, say) takes a while to validate and to describe, and the event loop must not wait for it."""
-    if not body:
-        return error_body([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
-    if not _is_json(content_type):
-        msg = "Input should be a valid dictionary or object to extract fields from"
-        return error_body([{"type": "model_attributes_type", "loc": ("body",), "msg": msg, "input": body}])
-    try:
-        return model.model_validate_json(body)  # strict JSON: a lone surrogate escape is invalid JSON
-    except ValidationError as err:
-        total = err.error_count()
-        if total > MANY_ERRORS:  # listing them all would hold the GIL (and the event loop) for long
-            err = _few_errors(model, body) or err
-        return error_body(err.errors(include_url=False), total, prefix=("body",))
-
-
-def _few_errors(model: type[BaseModel], body: bytes) -> ValidationError | None:
-    """The errors of ``body`` with each object's unknown keys cut to ``MAX_ERRORS``: a 1 MB object of
-    100,000 unknown keys has 100,000 errors, and pydantic builds every one of them on ``errors()``."""
-    from pydantic_core import from_json
-
-    try:
-        model.model_validate(_pruned(from_json(body), model))
-    except ValidationError as err:
-        return err
-    return None  # cannot happen: only unknown keys were dropped
-
-
-def _pruned(value: Any, model: type[BaseModel]) -> Any:
-    """``value`` (parsed JSON, to be validated as ``model``) without the unknown keys past the first few."""
-    if not isinstance(value, dict):
-        return value
-    fields, kept, unknown = model.model_fields, {}, 0
-    for key, item in value.items():
-        if key in fields:
-            kept[key] = _pruned_field(item, fields[key].annotation)
-        elif unknown < MAX_ERRORS:
-            kept[key], unknown = item, unknown + 1
-    return kept
-
-
-def _pruned_field(value: Any, annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _pruned(value, annotation)
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is list and args and isinstance(value, list):
-        return [_pruned_field(item, args[0]) for item in value]
-    return value
-
-
-async def _parse(request: Request, model: type[M]) -> M:
-    body = await request.body()
-    result = await run_in_threadpool(_validate, model, body, request.headers.get("content-type"))
-    if isinstance(result, bytes):
-        raise InvalidBody(result)
-    return result
-
-
 def _model_name(model_dir: Path, record: dict[str, Any]) -> str:
     """The model dir's name plus the start of its weights' hash: tells two models of one name apart."""
     hashes = "".join(sorted((record.get("weights_sha256") or {}).values()))
@@ -536,7 +189,7 @@ def create_app(
     app = FastAPI(
         title="rulebert",
         summary="P(a Reddit comment breaks a community rule), from a fine-tuned BERT.",
-        version=_version(),
+        version=__version__,
     )
 
     @app.exception_handler(InvalidBody)
@@ -589,7 +242,7 @@ def create_app(
     )
     async def score(http_request: Request) -> ScoreResponse:
         """One comment against one or more rules; scores in the order of ``rules``."""
-        request = await _parse(http_request, ScoreRequest)
+        request = await parse_body(http_request, ScoreRequest)
         n = len(request.rules)
         probabilities = await run_in_threadpool(
             score_rows, [request.comment] * n, [request.subreddit] * n, request.rules
@@ -608,7 +261,7 @@ def create_app(
     )
     async def score_batch(http_request: Request) -> BatchResponse:
         """Many (comment, rule) items at once; results in the order of ``items``."""
-        items = (await _parse(http_request, BatchRequest)).items
+        items = (await parse_body(http_request, BatchRequest)).items
         probabilities = await run_in_threadpool(
             score_rows, [i.comment for i in items], [i.subreddit for i in items], [i.rule for i in items]
         )
@@ -648,68 +301,6 @@ def create_app(
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
     return app
-
-
-def _version() -> str:
-    from rulebert import __version__
-
-    return __version__
-
-
-def _guarded_protocol(timeout: float) -> type:
-    """uvicorn's h11 protocol with a deadline on receiving a request.
-
-    uvicorn closes an idle keep-alive connection, but not one that was opened and never used, nor one
-    that sends its headers a byte at a time (slowloris). Here a connection's request headers must arrive
-    within ``timeout`` seconds (of the connection, or of the request's first byte), else the connection is
-    closed (with a 408 when part of a request came). A body is timed by :class:`BodyLimit` (408); as a
-    backstop, one still arriving after twice ``timeout`` (a body no one reads) closes the connection.
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    check_every = min(0.5, timeout / 4)
-    timed_out = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-
-    class GuardedH11Protocol(H11Protocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._phase: tuple | None = self._current_phase()
-            self._phase_since = self.loop.time()
-            self._guard = self.loop.call_later(check_every, self._check)
-
-        def _current_phase(self) -> tuple | None:
-            """What the connection is waiting for from the client, if anything but a next request."""
-            state = self.conn.their_state
-            if state is h11.IDLE and (self.cycle is None or self.conn.trailing_data[0]):
-                return ("headers", self.cycle)
-            if state is h11.SEND_BODY:
-                return ("body", self.cycle)
-            return None
-
-        def _check(self) -> None:
-            self._guard = None
-            if self.transport.is_closing():
-                return
-            phase, now = self._current_phase(), self.loop.time()
-            if phase != self._phase:
-                self._phase, self._phase_since = phase, now
-            elif phase is not None and now - self._phase_since >= (
-                timeout if phase[0] == "headers" else 2 * timeout
-            ):
-                if phase[0] == "headers" and self.conn.trailing_data[0]:
-                    self.transport.write(timed_out)
-                self.transport.close()
-                return
-            self._guard = self.loop.call_later(check_every, self._check)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if getattr(self, "_guard", None) is not None:
-                self._guard.cancel()
-                self._guard = None
-            super().connection_lost(exc)
-
-    return GuardedH11Protocol
 
 
 def run_server(
@@ -754,7 +345,7 @@ def run_server(
         host=host,
         port=port,
         log_level=log_level,
-        http=_guarded_protocol(request_timeout),
+        http=guarded_protocol(request_timeout),
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         # uvicorn answers 503 once the open connections, this one included, reach the limit: +1 lets
         # exactly max_connections be served at once
