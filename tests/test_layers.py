@@ -12,7 +12,7 @@ import rulebert
 PACKAGE = Path(rulebert.__file__).parent
 LAYERS = [
     ["_version", "errors", "files", "config"],  # foundations
-    ["data", "text", "metrics", "calibrate"],  # domain, no torch
+    ["data", "text", "metrics", "calibrate", "examples"],  # domain, no torch
     ["integrity", "model", "checkpoints", "backends"],  # model files and runtime
     ["report", "train", "predict", "export", "evaluate"],  # use cases
     ["http_guard", "http_validation", "pipeline", "score", "serve", "cli"],  # front ends

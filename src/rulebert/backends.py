@@ -289,3 +289,24 @@ class LightTokenizer:
                 array[row, : len(feature[key])] = feature[key]
             out[key] = array
         return out
+
+
+class OnnxEmbedder:
+    """Sentence embeddings (mean-pooled, unit length) from the model dir's embedder (the base checkpoint's
+    encoder, exported at training time), on ONNX Runtime. Used to learn from a rule's examples."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        self.backend = OnnxBackend(path, threads=threads)
+        self.tokenizer = self.backend.tokenizer
+
+    def embed(self, features: Features, *, max_tokens: int = 4096, max_rows: int = 256) -> np.ndarray:
+        """One unit-length vector per tokenised text, in input order."""
+        session, names = self.backend.session, self.backend.input_names
+        width = session.get_outputs()[0].shape[-1]
+
+        def run(batch: Features) -> np.ndarray:
+            padded = self.tokenizer.pad(batch, return_tensors="np")
+            feed = {n: np.asarray(padded[n], dtype=np.int64) for n in names}
+            return session.run(["embedding"], feed)[0]
+
+        return run_batches(features, run, max_tokens=max_tokens, max_rows=max_rows, width=width)

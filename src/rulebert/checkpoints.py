@@ -7,6 +7,10 @@ Trainer is done with a folder, :class:`CheckpointingTrainer` fsyncs its files an
 ``--resume`` takes the newest checkpoint whose marker is there and whose files still have those sizes, and
 deletes the unfinished ones; it refuses a checkpoint made with other settings or data.
 
+rulebert deletes only checkpoint folders it wrote: a fresh run writes ``rulebert-checkpoints`` into the
+checkpoints folder before training, and a folder holding neither that nor a marked checkpoint is a user's
+own, refused untouched (:func:`written_by_rulebert`, :func:`clear_checkpoints`).
+
 Resuming gives the same model as an uninterrupted run: the Trainer restores the weights, the optimizer, the
 schedule and the RNG states (dropout), and :class:`SeededLengthGroupedSampler` draws each epoch's
 length-grouped order from ``seed + epoch`` instead of the global RNG, so a run resumed mid-epoch skips
@@ -32,6 +36,7 @@ from rulebert.errors import RulebertError
 from rulebert.files import write_json_atomic
 
 COMPLETE_MARKER = "rulebert-complete"
+OWNER_MARKER = "rulebert-checkpoints"  # in the checkpoints folder: rulebert made it (may clear it)
 _STEP = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _IGNORED_SETTINGS = ("save_steps",)  # how often checkpoints are written does not change the model
 logger = logging.getLogger(__name__)
@@ -152,6 +157,54 @@ def remove_unfinished(folder: str | os.PathLike) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def written_by_rulebert(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is absent, empty, or rulebert's checkpoints folder (its owner marker or a marked
+    checkpoint is there): the folders rulebert may write checkpoints into and delete them from."""
+    folder = Path(folder)
+    if not folder.exists():
+        return not folder.is_symlink()  # a dangling link is not an absent folder
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if (folder / OWNER_MARKER).is_file() or not any(folder.iterdir()):
+        return True
+    return any((p / COMPLETE_MARKER).is_file() for p in _checkpoints_newest_first(folder))
+
+
+def _refuse_foreign(folder: Path) -> None:
+    if not written_by_rulebert(folder):
+        raise RulebertError(
+            f"{folder}: not rulebert's checkpoints (it holds none), and rulebert keeps its training "
+            "checkpoints there; move it away or choose another --output-dir"
+        )
+
+
+def clear_checkpoints(folder: str | os.PathLike) -> None:
+    """Delete rulebert's checkpoints (``checkpoint-STEP`` folders and the owner marker) from ``folder``, and
+    the folder once empty; any other file stays. A folder rulebert did not write is refused, untouched."""
+    folder = Path(folder)
+    _refuse_foreign(folder)
+    if not folder.is_dir():
+        return
+    for path in _checkpoints_newest_first(folder):
+        shutil.rmtree(path)
+    (folder / OWNER_MARKER).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # files of someone else's beside the checkpoints: left alone
+        pass
+
+
+def claim_checkpoints(folder: str | os.PathLike, *, fresh: bool) -> None:
+    """Make ``folder`` rulebert's checkpoints folder (``fresh``: without the checkpoints of an earlier run),
+    so that a run killed before its first checkpoint leaves a folder that is known to be rulebert's."""
+    folder = Path(folder)
+    _refuse_foreign(folder)
+    if fresh:
+        clear_checkpoints(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / OWNER_MARKER, {"written_by": "rulebert"})
 
 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ Kept free of heavy imports so that the CLI can parse arguments without loading t
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -66,6 +68,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """The checks the CLI's flags get, for Python callers too: a bad value is a one-line error here,
         not a traceback half-way through training."""
+        self._check_types()
         if not (self.epochs > 0 and self.lr > 0 and self.batch_size > 0 and self.max_length >= 16):
             raise RulebertError(
                 "--epochs, --lr and --batch-size must be positive and --max-length at least 16"
@@ -84,11 +87,29 @@ class TrainConfig:
                     f"{flag} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
 
+    def _check_types(self) -> None:
+        """Numbers are numbers and flags are booleans (a rulebert.json is read back through here)."""
+        kinds = {"float": (numbers.Real, "a finite number"), "int": (numbers.Integral, "an integer")}
+        kinds |= {"bool": (bool, "true or false"), "int | None": (numbers.Integral, "an integer or null")}
+        for f in dataclasses.fields(self):
+            expected = kinds.get(str(f.type))
+            value = getattr(self, f.name)
+            if expected is None or (value is None and f.type == "int | None"):
+                continue
+            wrong_bool = isinstance(value, bool) and f.type != "bool"
+            if wrong_bool or not isinstance(value, expected[0]) or not math.isfinite(value):
+                flag = "--" + f.name.replace("_", "-")
+                raise RulebertError(f"{flag} must be {expected[1]}, got {value!r}")
+        if not isinstance(self.extra, dict):
+            raise RulebertError(f"extra must be a JSON object, got {self.extra!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        if not isinstance(values, dict):
+            raise RulebertError(f"training settings must be a JSON object, not {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rulebert.backends import INPUT_ORDER
 from rulebert.model import ONNX_FILE, ONNX_INT8_FILE, load_model_dir, onnx_path, record_onnx
@@ -93,5 +94,66 @@ def export_onnx(model_dir: str | os.PathLike, *, int8: bool = False) -> Path:
             "opset": OPSET,
             "inputs": names,
         },
+    )
+    return target
+
+
+def export_embedder(model_dir: str | os.PathLike, checkpoint: str) -> Path:
+    """Write the base checkpoint's encoder as a sentence embedder (mean pooling over the attention mask,
+    unit length; what sentence-transformers' MiniLM does) to ``embedder.int8.onnx`` in the model dir.
+
+    The base checkpoint, not the fine-tuned model: fine-tuning a cross-encoder on other rules bends its
+    space away from general similarity (request-time protocol: 0.632 vs 0.679 AUC, docs/evaluation.md).
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from rulebert.model import EMBEDDER_FILE, _from_pretrained
+
+    model_dir = Path(model_dir)
+    encoder = _from_pretrained(AutoModel, checkpoint, dtype=torch.float32).eval()
+    tokenizer = _from_pretrained(AutoTokenizer, str(model_dir))
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    sample = tokenizer(["a comment", "a longer comment here"], padding=True)
+    names = [n for n in INPUT_ORDER if n in sample]
+    example = {n: torch.tensor(sample[n], dtype=torch.long) for n in names}
+    target = model_dir / EMBEDDER_FILE
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".exporting-") as staging:
+        fp32, int8 = Path(staging) / "embedder.onnx", Path(staging) / EMBEDDER_FILE
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                MeanPooled(),
+                (),
+                str(fp32),
+                kwargs=example,
+                dynamo=False,
+                input_names=names,
+                output_names=["embedding"],
+                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "embedding": {0: "batch"}},
+                opset_version=OPSET,
+            )
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with _root_logger_silenced():
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(int8, target)
+    record_onnx(
+        model_dir,
+        target,
+        {"role": "embedder", "source": checkpoint, "int8": True, "opset": OPSET, "inputs": names},
     )
     return target

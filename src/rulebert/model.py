@@ -5,8 +5,10 @@ folder, or a hub name (tried only when online). Whatever head it had is replaced
 
 A trained model dir is a normal Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer
 files) that any HF tool can load, plus ``rulebert.json`` (how it was made: the :class:`TrainConfig`, a
-fingerprint of the data, library versions, a SHA-256 of each weight file) and ``metrics.json``.
-``rulebert.json`` is written last, so a dir without it is an unfinished one.
+fingerprint of the data, library versions, the SHA-256 of each weight file under ``weights_sha256`` and of
+every other file that changes a score under ``files_sha256``) and ``metrics.json``. ``rulebert.json`` is
+written last, so a dir without it is an unfinished one. Before a model dir is scored with, all those hashes
+and what is read back are checked (:func:`verify_model_dir`, with :mod:`rulebert.integrity`).
 
 This module owns that format: every file name in a model dir is defined here, and everything that reads or
 writes one of them (the record, metrics, calibration, the ONNX sidecar) goes through it.
@@ -28,6 +30,7 @@ from rulebert.calibrate import Calibrator
 from rulebert.config import DEFAULT_MODEL, TrainConfig
 from rulebert.errors import RulebertError
 from rulebert.files import sha256_file, write_json_atomic
+from rulebert.integrity import check_hashes, check_positions, hash_files, read_hf_config
 
 # The files of a model dir, beside the Hugging Face ones (config.json, model.safetensors, tokenizer files).
 RECORD_FILE = "rulebert.json"  # how it was made; written last
@@ -38,6 +41,7 @@ REPORT_FILE = "report.html"  # with its report_*.png plots
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 ONNX_RECORD = "onnx.json"  # each ONNX file's SHA-256 and the weights it was exported from
+EMBEDDER_FILE = "embedder.int8.onnx"  # sentence embeddings of the base checkpoint, for a rule's examples
 FORMAT_VERSION = 1
 LABELS = {0: "ok", 1: "violation"}
 VALIDATION_SCOPE = (
@@ -47,6 +51,23 @@ VALIDATION_SCOPE = (
 )
 _HEAD_NAMES = ("classifier", "score")  # what HF calls the task head in BERT-, RoBERTa-, DeBERTa-, GPT-likes
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Saved files that do not change a score, so are not hashed: metrics.json (a threshold a user may move).
+_UNHASHED = (METRICS_FILE,)
+# Files that a loader reads when they are there: in a dir that records files_sha256, each must be listed.
+_SCORED_FILES = (
+    "config.json",
+    CALIBRATION_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 def default_checkpoint() -> str:
@@ -125,17 +146,7 @@ def _from_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
 def refuse_remote_code(folder: Path) -> None:
     """A checkpoint whose config asks for its own Python code (``auto_map``) is refused: loading it would
     run code from the folder (transformers asks y/N on a terminal; a "y" runs it)."""
-    path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RulebertError(f"{path}: unreadable ({err})") from None
-    if not isinstance(config, dict):
-        raise RulebertError(f"{path}: not a JSON object")
-    if "auto_map" in config:
-        raise RulebertError(
-            f"{path}: asks to run its own code (auto_map); rulebert loads only built-in models"
-        )
+    read_hf_config(folder)
 
 
 def _reset_head(model: Any) -> None:
@@ -187,9 +198,12 @@ def read_record(model_dir: str | os.PathLike) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RulebertError(f"{path}: unreadable ({err})") from None
+    if not isinstance(record, dict):
+        raise RulebertError(f"{path}: not a JSON object")
+    return record
 
 
 def check_output_dir(output_dir: str | os.PathLike, config: TrainConfig, data: dict[str, Any]) -> None:
@@ -233,9 +247,9 @@ def save_model_dir(
         write_json_atomic(staging / METRICS_FILE, metrics)
         for name, payload in (extra_files or {}).items():
             write_json_atomic(staging / name, payload)
-        weights = {
-            p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name.endswith(_WEIGHT_SUFFIXES)
-        }
+        saved = [p.name for p in staging.iterdir() if p.is_file() and p.name not in _UNHASHED]
+        weights = hash_files(staging, [name for name in saved if name.endswith(_WEIGHT_SUFFIXES)])
+        files = hash_files(staging, [name for name in saved if name not in weights])
         record = {
             "format": "rulebert-model",
             "format_version": FORMAT_VERSION,
@@ -245,6 +259,7 @@ def save_model_dir(
             "data": data,
             "versions": library_versions(),
             "weights_sha256": weights,
+            "files_sha256": files,  # config, tokenizer files, calibration: all else that changes a score
             "labels": {str(k): v for k, v in LABELS.items()},
         }
         (output_dir / RECORD_FILE).unlink(missing_ok=True)  # the old model is no longer whole from here on
@@ -264,17 +279,28 @@ def verify_model_dir(model_dir: str | os.PathLike) -> dict[str, Any]:
     record = read_record(model_dir)
     if record is None:
         raise RulebertError(f"{model_dir}: not a rulebert model dir (no {RECORD_FILE}; did training finish?)")
+    where = model_dir / RECORD_FILE
     if record.get("format") != "rulebert-model" or record.get("format_version") != FORMAT_VERSION:
         raise RulebertError(
-            f"{model_dir / RECORD_FILE}: model format {record.get('format_version')!r} is not supported "
+            f"{where}: model format {record.get('format_version')!r} is not supported "
             f"by this rulebert (expects {FORMAT_VERSION})"
         )
-    for name, expected in record.get("weights_sha256", {}).items():
-        path = model_dir / name
-        if not path.is_file():
-            raise RulebertError(f"{path}: weight file missing")
-        if sha256_file(path) != expected:
-            raise RulebertError(f"{path}: weight file is corrupted or truncated (SHA-256 mismatch)")
+    weights = record.get("weights_sha256")
+    if not weights or not isinstance(weights, dict):
+        raise RulebertError(f"{where}: lists no weight files (weights_sha256); incomplete or edited")
+    check_hashes(model_dir, where, weights, "weight file")
+    files = record.get("files_sha256")  # absent in dirs saved before every file was hashed
+    if files is not None:
+        check_hashes(model_dir, where, files, "file")
+        for path in sorted(model_dir.iterdir()):
+            scored = path.name in _SCORED_FILES or path.name.endswith(_WEIGHT_SUFFIXES)
+            if scored and path.is_file() and path.name not in files and path.name not in weights:
+                raise RulebertError(f"{path}: not listed in {RECORD_FILE} (added after training?)")
+    try:
+        config = TrainConfig.from_dict(record.get("config"))
+    except RulebertError as err:
+        raise RulebertError(f"{where}: config: {err}") from None
+    check_positions(model_dir, read_hf_config(model_dir), config.max_length, where)
     return record
 
 
@@ -320,8 +346,13 @@ def load_calibrator(model_dir: str | os.PathLike) -> Calibrator | None:
 
 
 def save_calibrator(calibrator: Calibrator, model_dir: str | os.PathLike) -> Path:
+    """Write ``calibration.json``; in a model dir that hashes its files, record its new hash too."""
     path = Path(model_dir) / CALIBRATION_FILE
     write_json_atomic(path, calibrator.to_dict())
+    record = read_record(model_dir)
+    if record is not None and isinstance(record.get("files_sha256"), dict):
+        record["files_sha256"][CALIBRATION_FILE] = sha256_file(path)
+        write_json_atomic(Path(model_dir) / RECORD_FILE, record)
     return path
 
 
@@ -380,3 +411,15 @@ def find_onnx(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path | No
             raise RulebertError(f"{path}: ONNX file is corrupted or truncated (SHA-256 mismatch)")
         return path
     return None
+
+
+def find_embedder(model_dir: str | os.PathLike) -> Path | None:
+    """The model dir's sentence embedder, checked against ``onnx.json``; None when it has none (older model
+    dirs, or ``--no-export``): a rule's examples are then learnt from TF-IDF alone."""
+    path = Path(model_dir) / EMBEDDER_FILE
+    entry = read_onnx_record(model_dir).get(EMBEDDER_FILE)
+    if not path.is_file() or not isinstance(entry, dict):
+        return None
+    if sha256_file(path) != entry.get("sha256"):
+        raise RulebertError(f"{path}: embedder file is corrupted or truncated (SHA-256 mismatch)")
+    return path

@@ -16,13 +16,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rulebert.backends import BACKENDS, OnnxBackend, TorchBackend, gpu_present
+from rulebert.backends import BACKENDS, OnnxBackend, OnnxEmbedder, TorchBackend, gpu_present
 from rulebert.config import TrainConfig
 from rulebert.data import BODY, ROW_ID, RULE, SUBREDDIT, read_csv
 from rulebert.errors import RulebertError
+from rulebert.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule
 from rulebert.files import write_csv_atomic
-from rulebert.model import find_onnx, load_calibrator, load_model_dir, read_metrics, verify_model_dir
-from rulebert.text import encode_rows
+from rulebert.model import (
+    find_embedder,
+    find_onnx,
+    load_calibrator,
+    load_model_dir,
+    read_metrics,
+    verify_model_dir,
+)
+from rulebert.text import encode_rows, encode_texts
+
+MODES = ("trained", "examples", "zero-shot")
+"""How a score was made: the model was trained on the rule's text; the rule's examples were used at scoring
+time; or neither (the cross-encoder alone, on a rule it never saw: treat the score with caution)."""
 
 SUBMISSION_COLUMNS = ("row_id", "rule_violation")
 
@@ -78,6 +90,12 @@ class Scorer:
         # ``scorer.calibrator = None`` for raw ones. Platt keeps the ranking; isotonic may create ties.
         self.calibrator = load_calibrator(self.model_dir)
         self.metrics = read_metrics(self.model_dir)  # a loaded model dir does not change: read it once
+        data = self.record.get("data") if isinstance(self.record.get("data"), dict) else {}
+        self.trained_rules = {normalize_rule(r) for r in data.get("rules") or [] if isinstance(r, str)}
+        self._embedder_path = find_embedder(self.model_dir)
+        self._embedder: OnnxEmbedder | None = None  # loaded on the first rule with examples
+        self._threads = threads
+        self._example_models = ExampleModelCache()
 
     @property
     def train_config(self) -> TrainConfig:
@@ -101,10 +119,21 @@ class Scorer:
             max_length=self.config.max_length,
         )
 
+    @property
+    def has_embedder(self) -> bool:
+        """Whether the model dir has a sentence embedder (else a rule's examples are learnt by TF-IDF)."""
+        return self._embedder_path is not None
+
+    def mode(self, rule: str, examples: RuleExamples | None = None) -> str:
+        """``trained``, ``examples`` or ``zero-shot`` (see :data:`MODES`) for a rule and its examples."""
+        if normalize_rule(rule) in self.trained_rules:
+            return "trained"
+        return "examples" if examples is not None and examples.usable else "zero-shot"
+
     def score(
         self,
-        bodies: Sequence[str],
-        rules: Sequence[str],
+        bodies: Sequence[str] | str,
+        rules: Sequence[str] | str,
         subreddits: Sequence[str] | None = None,
         *,
         positive_examples: Sequence[Sequence[str]] | None = None,
@@ -113,12 +142,131 @@ class Scorer:
     ) -> np.ndarray:
         """P(the comment breaks the rule) for each row, in input order.
 
-        ``positive_examples`` / ``negative_examples`` give, per row, example comments that break / keep the
-        rule (as in the competition's example columns). The fine-tuned classifier reads only (rule, comment);
-        recipes that also use a rule's examples at scoring time take them from here.
+        A bare string is one comment (a rule given as a string applies to every comment).
+        ``positive_examples`` / ``negative_examples`` give, per row, comments that break / keep the rule. For
+        a rule the model was not trained on they are learnt from at scoring time (:mod:`rulebert.examples`);
+        see :meth:`score_details` for the mode and the nearest example behind each score.
         """
+        details = self.score_details(
+            bodies,
+            rules,
+            subreddits,
+            positive_examples=positive_examples,
+            negative_examples=negative_examples,
+            progress=progress,
+        )
+        return details["probability"]
+
+    def score_details(
+        self,
+        bodies: Sequence[str] | str,
+        rules: Sequence[str] | str,
+        subreddits: Sequence[str] | None = None,
+        *,
+        positive_examples: Sequence[Sequence[str]] | None = None,
+        negative_examples: Sequence[Sequence[str]] | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """``{"probability": array, "mode": [...], "evidence": [...]}`` for each row, in input order.
+
+        ``evidence`` is, in mode ``examples``, the labelled example nearest to the comment (text, label,
+        similarity), else None.
+        """
+        bodies = [bodies] if isinstance(bodies, str) else list(bodies)
+        rules = [rules] * len(bodies) if isinstance(rules, str) else list(rules)
+        if len(rules) != len(bodies):
+            raise RulebertError(f"{len(bodies)} comments but {len(rules)} rules")
         raw = self.runtime.predict(self.encode(bodies, rules, subreddits), progress=progress)
-        return raw if self.calibrator is None else self.calibrator.transform(raw)
+        probability = np.asarray(raw if self.calibrator is None else self.calibrator.transform(raw))
+        n = len(bodies)
+        positives = positive_examples if positive_examples is not None else [()] * n
+        negatives = negative_examples if negative_examples is not None else [()] * n
+        groups: dict[str, list[int]] = {}
+        examples_of: dict[str, tuple[str, RuleExamples]] = {}
+        modes = []
+        for i, (rule, pos, neg) in enumerate(zip(rules, positives, negatives, strict=True)):
+            examples = RuleExamples.of(pos, neg)
+            modes.append(self.mode(rule, examples))
+            if modes[-1] == "examples":
+                key = examples.key(rule)
+                groups.setdefault(key, []).append(i)
+                examples_of[key] = (rule, examples)
+        evidence: list[dict[str, Any] | None] = [None] * n
+        probability = probability.astype(np.float64)
+        for key, rows in groups.items():
+            rule, examples = examples_of[key]
+            model = self._example_model(key, rule, examples)
+            texts = [bodies[i] for i in rows]
+            vectors = self._embed(texts)
+            probability[rows] = model.score(texts, np.asarray(raw)[rows], vectors)
+            if vectors is not None:
+                for i, nearest in zip(rows, model.nearest(vectors), strict=True):
+                    evidence[i] = nearest
+        return {"probability": probability, "mode": modes, "evidence": evidence}
+
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]] | tuple[str, str],
+        examples: RuleExamples | dict[str, Any] | None = None,
+        *,
+        details: bool = False,
+    ) -> np.ndarray | list[dict[str, Any]]:
+        """Score (rule, comment) pairs, in the (query, document) order of sentence-transformers' CrossEncoder.
+
+        ``examples``: ``{"positive": [...], "negative": [...]}`` (or a :class:`RuleExamples`) for every
+        pair's rule, or a dict from rule text to such. With ``details=True`` each result is a dict with
+        ``probability``, ``flagged`` (at the model's threshold), ``mode`` and ``evidence``.
+        """
+        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
+            pairs = [pairs]
+        pairs = list(pairs)
+        if any(isinstance(p, str) or len(p) != 2 for p in pairs):
+            raise RulebertError("predict takes (rule, comment) pairs")
+        rules, bodies = [p[0] for p in pairs], [p[1] for p in pairs]
+        given = [_examples_for(examples, rule) for rule in rules]
+        result = self.score_details(
+            bodies,
+            rules,
+            positive_examples=[g.positive for g in given],
+            negative_examples=[g.negative for g in given],
+        )
+        if not details:
+            return result["probability"]
+        return [
+            {"probability": float(p), "flagged": bool(p >= self.threshold), "mode": m, "evidence": e}
+            for p, m, e in zip(result["probability"], result["mode"], result["evidence"], strict=True)
+        ]
+
+    def _embed(self, texts: list[str]) -> np.ndarray | None:
+        if self._embedder_path is None:
+            return None
+        if self._embedder is None:
+            self._embedder = OnnxEmbedder(self._embedder_path, threads=self._threads)
+        features = encode_texts(self._embedder.tokenizer, texts, self.config.max_length)
+        return self._embedder.embed(features)
+
+    def _example_model(self, key: str, rule: str, examples: RuleExamples) -> ExampleModel:
+        model = self._example_models.get(key)
+        if model is None:
+            texts = examples.texts
+            cross_encoder = self.runtime.predict(self.encode(texts, [rule] * len(texts)))
+            model = ExampleModel.fit(examples, cross_encoder, self._embed(texts))
+            self._example_models.put(key, model)
+        return model
+
+
+def _examples_for(examples: RuleExamples | dict[str, Any] | None, rule: str) -> RuleExamples:
+    if examples is None:
+        return RuleExamples()
+    if isinstance(examples, RuleExamples):
+        return examples
+    if not isinstance(examples, dict):
+        raise RulebertError(
+            "examples must be {'positive': [...], 'negative': [...]} or a dict of rules to such"
+        )
+    if set(examples) <= {"positive", "negative"}:
+        return RuleExamples.of(examples.get("positive"), examples.get("negative"))
+    return _examples_for(examples.get(rule), rule)
 
 
 def check_submission(submission: pd.DataFrame, sample_path: str | os.PathLike) -> None:

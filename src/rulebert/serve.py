@@ -48,6 +48,7 @@ from rulebert.http_guard import (
     guarded_protocol,
 )
 from rulebert.http_validation import MAX_ERRORS, InvalidBody, error_body, parse_body
+from rulebert.model import VALIDATION_SCOPE
 
 # Limits. A comment's size is counted in UTF-8 bytes (10 kB, what a Reddit comment holds, 10,000 chars,
 # is at most 40 kB of UTF-8; moderators paste real comments, not novels).
@@ -95,13 +96,20 @@ class Rule(Strict):
     )
 
 
+Threshold = Annotated[
+    float | None, Field(None, ge=0, le=1, description="flag at this probability (default: the model's)")
+]
+
+
 class ScoreRequest(Strict):
     comment: Comment
     subreddit: Subreddit | None = None
     rules: list[Rule] = Field(min_length=1, max_length=MAX_RULES)
+    threshold: Threshold = None
 
 
 class BatchItem(Strict):
+    id: str | None = Field(None, max_length=MAX_ID_CHARS, description="echoed back as item_id")
     comment: Comment
     subreddit: Subreddit | None = None
     rule: Rule
@@ -109,12 +117,26 @@ class BatchItem(Strict):
 
 class BatchRequest(Strict):
     items: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH)
+    threshold: Threshold = None
+
+
+class Evidence(BaseModel):
+    text: str = Field(description="the labelled example most similar to the comment")
+    label: int = Field(description="1: it breaks the rule, 0: it keeps it")
+    similarity: float
 
 
 class RuleScore(BaseModel):
     id: str
     rule: str
     probability: float = Field(ge=0, le=1, description="P(the comment breaks the rule)")
+    flagged: bool = Field(description="probability >= the threshold (the request's, else the model's)")
+    mode: str = Field(
+        description="trained: the model was trained on this rule; examples: the rule's examples were used "
+        "at scoring time; zero-shot: neither (a rule the model never saw: treat the score with caution)"
+    )
+    evidence: Evidence | None = Field(None, description="in mode examples: the nearest labelled example")
+    item_id: str | None = Field(None, description="the batch item's id, when it had one")
 
 
 class ScoreResponse(BaseModel):
@@ -175,16 +197,30 @@ def create_app(
     lock = threading.Lock()
     page = resources.files("rulebert").joinpath("static/index.html").read_text(encoding="utf-8")
 
-    def score_rows(comments: list[str], subreddits: list[str | None], rules: list[Rule]) -> list[float]:
+    def score_rows(
+        comments: list[str], subreddits: list[str | None], rules: list[Rule], threshold: float | None
+    ) -> list[RuleScore]:
         with lock:
-            probabilities = scorer.score(
+            details = scorer.score_details(
                 comments,
                 [r.text for r in rules],
                 [s or "" for s in subreddits],
                 positive_examples=[r.positive_examples for r in rules],
                 negative_examples=[r.negative_examples for r in rules],
             )
-        return [min(1.0, max(0.0, float(p))) for p in probabilities]
+        cut = scorer.threshold if threshold is None else threshold
+        scores = []
+        for i, (rule, p, mode, evidence) in enumerate(
+            zip(rules, details["probability"], details["mode"], details["evidence"], strict=True)
+        ):
+            p = min(1.0, max(0.0, float(p)))
+            rule_id = rule.id if rule.id is not None else str(i)
+            scores.append(
+                RuleScore(
+                    id=rule_id, rule=rule.text, probability=p, flagged=p >= cut, mode=mode, evidence=evidence
+                )
+            )
+        return scores
 
     app = FastAPI(
         title="rulebert",
@@ -221,6 +257,9 @@ def create_app(
             "created": record.get("created"),
             "config": record.get("config"),
             "validation": metrics.get("validation"),
+            "validation_scope": VALIDATION_SCOPE,
+            "trained_rules": sorted(scorer.trained_rules),  # scored in mode "trained"
+            "embedder": scorer.has_embedder,
             "threshold": scorer.threshold,
             "device": getattr(scorer, "device", None),
             "limits": {
@@ -244,13 +283,9 @@ def create_app(
         """One comment against one or more rules; scores in the order of ``rules``."""
         request = await parse_body(http_request, ScoreRequest)
         n = len(request.rules)
-        probabilities = await run_in_threadpool(
-            score_rows, [request.comment] * n, [request.subreddit] * n, request.rules
+        scores = await run_in_threadpool(
+            score_rows, [request.comment] * n, [request.subreddit] * n, request.rules, request.threshold
         )
-        scores = [
-            RuleScore(id=rule.id if rule.id is not None else str(i), rule=rule.text, probability=p)
-            for i, (rule, p) in enumerate(zip(request.rules, probabilities, strict=True))
-        ]
         return ScoreResponse(scores=scores, model=name)
 
     @app.post(
@@ -261,16 +296,17 @@ def create_app(
     )
     async def score_batch(http_request: Request) -> BatchResponse:
         """Many (comment, rule) items at once; results in the order of ``items``."""
-        items = (await parse_body(http_request, BatchRequest)).items
-        probabilities = await run_in_threadpool(
-            score_rows, [i.comment for i in items], [i.subreddit for i in items], [i.rule for i in items]
+        request = await parse_body(http_request, BatchRequest)
+        items = request.items
+        scores = await run_in_threadpool(
+            score_rows,
+            [i.comment for i in items],
+            [i.subreddit for i in items],
+            [i.rule for i in items],
+            request.threshold,
         )
-        scores = [
-            RuleScore(
-                id=item.rule.id if item.rule.id is not None else str(i), rule=item.rule.text, probability=p
-            )
-            for i, (item, p) in enumerate(zip(items, probabilities, strict=True))
-        ]
+        for item, answer in zip(items, scores, strict=True):
+            answer.item_id = item.id
         return BatchResponse(scores=scores, model=name)
 
     base_openapi = app.openapi

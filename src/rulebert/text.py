@@ -107,3 +107,12 @@ def encode_frame(tokenizer: Any, rows: pd.DataFrame, config: TrainConfig) -> lis
         include_subreddit=config.include_subreddit,
         max_length=config.max_length,
     )
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int = 256) -> list[dict[str, list[int]]]:
+    """Tokenise single texts (no rule segment) into unpadded features: what a sentence embedder reads."""
+    if not texts:
+        return []
+    encoded = tokenizer(cut_for_tokenizer(texts, max_length), truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]

@@ -12,7 +12,6 @@ and nodes under ``torchrun`` / ``accelerate launch``, and it can resume from its
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +29,11 @@ from rulebert.checkpoints import (
     CheckpointingTrainer,
     SaveEveryStepsCallback,
     SeededLengthGroupedSampler,
+    claim_checkpoints,
+    clear_checkpoints,
     complete_checkpoints,
     resume_checkpoint,
+    written_by_rulebert,
 )
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
@@ -135,6 +137,7 @@ def prepare_rows(
         "test": D.file_fingerprint(test_path) if test_frame is not None else None,
         "rows": len(rows),
         "dedupe": asdict(stats),
+        "rules": sorted(rows[D.RULE].unique().tolist()),  # scored in mode "trained" (see predict.Scorer)
     }
     return rows, fingerprint
 
@@ -230,8 +233,8 @@ def fit_rows(
         checkpoint = resume_checkpoint(
             args.output_dir, trainer.checkpoint_record, cleanup=trainer.is_world_process_zero()
         )
-    elif trainer.is_world_process_zero():
-        shutil.rmtree(args.output_dir, ignore_errors=True)  # a fresh run: no stale checkpoints to mix in
+    elif trainer.is_world_process_zero():  # a fresh run: no stale checkpoints to mix in (only rulebert's go)
+        claim_checkpoints(args.output_dir, fresh=True)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
 
@@ -311,6 +314,19 @@ def _write_validation_report(calibrated: CalibratedValidation, model_dir: Path) 
         warnings.warn(f"{model_dir}: report.html not written ({err})", stacklevel=2)
 
 
+def _export_embedder(model_dir: Path, base_model: str) -> None:
+    """The base checkpoint's sentence embedder into the model dir, for rules scored with their examples.
+    A failure is a warning: the model is saved, and examples are then learnt from TF-IDF alone."""
+    import warnings
+
+    from rulebert.export import export_embedder
+
+    try:
+        export_embedder(model_dir, base_model)
+    except Exception as err:  # an exporter or quantiser problem must not lose a trained model
+        warnings.warn(f"{model_dir}: embedder not exported ({err})", stacklevel=2)
+
+
 def train_model(
     config: TrainConfig,
     train_path: str | os.PathLike,
@@ -322,6 +338,7 @@ def train_model(
     keep_checkpoints: bool = False,
     progress: bool = True,
     calibration: str = "platt",
+    export_embedder: bool = True,
 ) -> TrainResult:
     """Train on ``train_path`` (+ the example columns of ``test_path``); save the model to ``output_dir``.
 
@@ -329,8 +346,24 @@ def train_model(
     ``calibration.json``; metrics.json gets the F1-best ``threshold``; report.html is written beside.
     """
     started = time.perf_counter()
-    output_dir = Path(output_dir)
+    output_dir, checkpoint_dir = Path(output_dir), Path(output_dir) / CHECKPOINT_DIR
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RulebertError(f"{output_dir}: exists and is not a directory")
+    if not written_by_rulebert(checkpoint_dir):  # even with --overwrite: rulebert would write into it
+        raise RulebertError(
+            f"{checkpoint_dir}: not rulebert's checkpoints, and rulebert keeps its training checkpoints "
+            "there; move it away or choose another --output-dir"
+        )
+    has_run = checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir())  # rulebert's (checked above)
+    foreign = output_dir.is_dir() and any(output_dir.iterdir()) and not has_run
+    if foreign and not overwrite and read_record(output_dir) is None:  # only --overwrite writes into it
+        raise RulebertError(
+            f"{output_dir}: not empty and holds no rulebert model or run; choose a new or empty "
+            "--output-dir, or pass --overwrite to save the model into it (its other files are kept)"
+        )
     rows, fingerprint = prepare_rows(config, train_path, test_path)
+    if resume:
+        claim_checkpoints(checkpoint_dir, fresh=False)
     if not overwrite and not resume:
         check_output_dir(output_dir, config, fingerprint)
         if read_record(output_dir) is None and complete_checkpoints(output_dir / CHECKPOINT_DIR):
@@ -356,6 +389,8 @@ def train_model(
             extra_files={CALIBRATION_FILE: calibration_file} if calibration_file else None,
         )
         _write_validation_report(calibrated, output_dir)
+        if export_embedder:
+            _export_embedder(output_dir, base_model)
         if not keep_checkpoints:
-            shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
+            clear_checkpoints(checkpoint_dir)
     return TrainResult(output_dir=output_dir, metrics=metrics)

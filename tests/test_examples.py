@@ -1,0 +1,191 @@
+"""A rule's labelled examples used at scoring time: the per-rule model, the Scorer's modes, and every entry
+point that takes examples (Python API, ``rulebert score --examples``, ``/v1/score``)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from rulebert.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule
+from rulebert.predict import Scorer
+
+from .conftest import RULES, make_comment
+
+MEDICAL = "No medical advice: do not tell people which drugs or doses to take."
+DOSES = ["mg", "dose", "pills", "xanax", "sertraline", "prescription", "tablets", "ibuprofen"]
+CHAT = ["pizza", "weekend", "concert", "puppy", "sunset", "recipe", "hiking", "football"]
+
+
+def comments(words: list[str], n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [make_comment(rng, words) for _ in range(n)]
+
+
+def medical_examples(n: int = 6) -> RuleExamples:
+    return RuleExamples.of(comments(DOSES, n, seed=1), comments(CHAT, n, seed=2))
+
+
+def test_examples_are_distinct_and_a_text_with_both_labels_is_dropped():
+    examples = RuleExamples.of(["a", " a ", "b", "", "c"], ["c", "d"])
+    assert examples.positive == ("a", "b") and examples.negative == ("d",)
+    assert examples.usable and not RuleExamples.of(["a"], []).usable
+    assert (
+        examples.key("Rule  One") == examples.key("rule one") != RuleExamples.of(["a"], ["d"]).key("rule one")
+    )
+    assert normalize_rule("  No   Spam ") == "no spam"
+
+
+def test_example_model_learns_a_rule_from_its_examples_alone():
+    """Without an embedder and with a cross-encoder that ranks the examples at chance, the TF-IDF part
+    alone separates new comments, and the cross-encoder gets no weight."""
+    examples = medical_examples()
+    chance = np.random.default_rng(0).uniform(size=len(examples.texts))
+    chance[: len(examples.positive)] = np.sort(chance[: len(examples.positive)])  # no signal in its order
+    model = ExampleModel.fit(examples, np.full(len(examples.texts), 0.5))
+    assert model.cross_encoder_weight == 0 and model.methods == ["tfidf"]
+    new = comments(DOSES, 20, seed=3) + comments(CHAT, 20, seed=4)
+    labels = np.r_[np.ones(20), np.zeros(20)]
+    probability = model.score(new, np.full(40, 0.5))
+    assert roc_auc_score(labels, probability) > 0.9
+    assert ((probability > 0) & (probability < 1)).all()
+
+
+def test_a_cross_encoder_that_ranks_the_examples_well_keeps_its_weight():
+    examples = medical_examples()
+    knows = np.r_[np.full(len(examples.positive), 0.9), np.full(len(examples.negative), 0.1)]
+    model = ExampleModel.fit(examples, knows)
+    assert model.cross_encoder_weight == pytest.approx(1.0) and "cross-encoder" in model.methods
+
+
+def test_embeddings_add_a_method_and_evidence():
+    examples = medical_examples(4)
+    rng = np.random.default_rng(0)
+    centre = {1: rng.normal(size=8), 0: rng.normal(size=8)}
+
+    def vectors(labels: np.ndarray) -> np.ndarray:
+        v = np.stack([centre[int(y)] + 0.1 * rng.normal(size=8) for y in labels])
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    model = ExampleModel.fit(examples, np.full(8, 0.5), vectors(examples.labels))
+    assert model.methods == ["tfidf", "embedding"]
+    evidence = model.nearest(vectors(np.array([1, 0])))
+    assert [e["label"] for e in evidence] == [1, 0] and evidence[0]["text"] in examples.positive
+    with pytest.raises(ValueError, match="vectors"):
+        model.score(["x"], np.array([0.5]))
+
+
+def test_cache_keeps_the_most_recent_rules():
+    cache = ExampleModelCache(size=2)
+    for key in "abc":
+        cache.put(key, key)  # type: ignore[arg-type]
+    assert cache.get("a") is None and cache.get("b") == "b" and cache.get("c") == "c"
+
+
+# ---- the Scorer on a trained tiny model dir ----
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_checkpoint):
+    from rulebert.config import TrainConfig
+    from rulebert.train import train_model
+
+    from .conftest import make_frame
+
+    folder = tmp_path_factory.mktemp("examples")
+    make_frame(48, seed=1).to_csv(folder / "train.csv", index=False)
+    config = TrainConfig(model=str(tiny_checkpoint), epochs=2, lr=1e-3, max_length=48, val_fraction=0.25)
+    train_model(config, folder / "train.csv", folder / "model", progress=False)
+    return folder / "model"
+
+
+def test_modes_trained_examples_zero_shot(trained):
+    scorer = Scorer(trained)
+    trained_rule = next(iter(RULES))
+    examples = medical_examples()
+    assert scorer.mode(trained_rule, examples) == "trained"  # the model knows it: examples not needed
+    assert scorer.mode("  " + trained_rule.upper(), None) == "trained"
+    assert scorer.mode(MEDICAL, examples) == "examples"
+    assert scorer.mode(MEDICAL, RuleExamples.of(DOSES, [])) == "zero-shot"  # one label only
+    assert scorer.mode(MEDICAL, None) == "zero-shot"
+
+
+def test_examples_change_the_scores_of_an_unseen_rule_and_not_of_a_trained_one(trained):
+    scorer = Scorer(trained)
+    examples = medical_examples()
+    new = comments(DOSES, 10, seed=5) + comments(CHAT, 10, seed=6)
+    labels = np.r_[np.ones(10), np.zeros(10)]
+    n = len(new)
+    kwargs = {"positive_examples": [examples.positive] * n, "negative_examples": [examples.negative] * n}
+    without = scorer.score(new, MEDICAL)
+    details = scorer.score_details(new, [MEDICAL] * n, **kwargs)
+    assert set(details["mode"]) == {"examples"}
+    assert roc_auc_score(labels, details["probability"]) > 0.9 > roc_auc_score(labels, without) - 0.0
+    assert all(
+        e is not None and e["label"] in (0, 1) for e in details["evidence"]
+    )  # the embedder was exported
+    trained_rule = next(iter(RULES))
+    assert np.array_equal(scorer.score(new, trained_rule, **kwargs), scorer.score(new, trained_rule))
+
+
+def test_predict_takes_pairs_like_a_cross_encoder(trained):
+    scorer = Scorer(trained)
+    examples = {"positive": list(medical_examples().positive), "negative": list(medical_examples().negative)}
+    one = scorer.predict((MEDICAL, "take 200 mg of sertraline"), examples=examples, details=True)
+    assert len(one) == 1 and one[0]["mode"] == "examples" and isinstance(one[0]["flagged"], bool)
+    assert one[0]["flagged"] == (one[0]["probability"] >= scorer.threshold)
+    many = scorer.predict(
+        [(MEDICAL, "a"), (next(iter(RULES)), "buy cheap http")], examples={MEDICAL: examples}
+    )
+    assert many.shape == (2,)
+    assert scorer.score("one comment, not characters", MEDICAL).shape == (1,)
+
+
+def test_score_command_uses_the_examples(trained, tmp_path):
+    from rulebert.cli import main
+
+    examples = medical_examples()
+    (tmp_path / "examples.csv").write_text(
+        "text,label\n"
+        + "".join(f"{t},1\n" for t in examples.positive)
+        + "".join(f"{t},0\n" for t in examples.negative)
+    )
+    new = comments(DOSES, 8, seed=7) + comments(CHAT, 8, seed=8)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in new))
+    base = ["score", "--model-dir", str(trained), "--rule", MEDICAL, "--input", str(tmp_path / "in.jsonl")]
+    assert main([*base, "--output", str(tmp_path / "plain.jsonl"), "--no-progress"]) == 0
+    assert main([*base, "--examples", str(tmp_path / "examples.csv"), "--output", str(tmp_path / "ex.jsonl"),
+                 "--no-progress"]) == 0  # fmt: skip
+    plain = [json.loads(line)["probability"] for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
+    used = [json.loads(line)["probability"] for line in (tmp_path / "ex.jsonl").read_text().splitlines()]
+    labels = np.r_[np.ones(8), np.zeros(8)]
+    assert plain != used and roc_auc_score(labels, used) > 0.9
+
+
+def test_http_answers_carry_mode_flagged_and_evidence(trained):
+    from fastapi.testclient import TestClient
+
+    from rulebert.serve import create_app
+
+    client = TestClient(create_app(trained))
+    examples = medical_examples()
+    rule = {
+        "text": MEDICAL,
+        "positive_examples": list(examples.positive),
+        "negative_examples": list(examples.negative),
+    }
+    body = {"comment": "take two xanax pills and 200 mg sertraline", "rules": [rule, {"text": MEDICAL}]}
+    scores = client.post("/v1/score", json=body).json()["scores"]
+    assert [s["mode"] for s in scores] == ["examples", "zero-shot"]
+    assert scores[0]["probability"] != scores[1]["probability"] and scores[0]["evidence"]["label"] in (0, 1)
+    assert all(
+        s["flagged"] == (s["probability"] >= client.get("/v1/model").json()["threshold"]) for s in scores
+    )
+    lenient = client.post("/v1/score", json={**body, "threshold": 1.0}).json()["scores"]
+    assert not any(s["flagged"] for s in lenient)
+    batch = {"items": [{"id": "item-7", "comment": "hello", "rule": {"text": next(iter(RULES))}}]}
+    answer = client.post("/v1/score/batch", json=batch).json()["scores"][0]
+    assert answer["mode"] == "trained" and answer["item_id"] == "item-7"
