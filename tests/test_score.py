@@ -76,7 +76,12 @@ def test_jsonl_with_comment_key_and_examples(scorer, tmp_path):
     score_stream(spy, RULE, source, out, examples=examples, progress=False)
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [{k: v for k, v in w.items() if k != "probability"} for w in written] == records
-    expected = scorer.score([r["comment"] for r in records], [RULE] * 5)
+    expected = scorer.score(  # the examples are used at scoring time
+        [r["comment"] for r in records],
+        [RULE] * 5,
+        positive_examples=[examples.positive] * 5,
+        negative_examples=[examples.negative] * 5,
+    )
     np.testing.assert_allclose([w["probability"] for w in written], expected, atol=1e-5)
     assert spy.calls[0][1]["positive_examples"] == [["buy now", "click here"]] * 5
     assert spy.calls[0][1]["negative_examples"] == [["nice story"]] * 5

@@ -52,7 +52,13 @@ def test_one_comment_many_rules_in_order(server, scorer):
     assert [s["rule"] for s in body["scores"]] == [r["text"] for r in rules]
     got = np.array([s["probability"] for s in body["scores"]])
     assert np.all((got >= 0) & (got <= 1))
-    expected = scorer.score([COMMENTS[2]] * 3, [r["text"] for r in rules], ["news"] * 3)
+    expected = scorer.score(  # the examples of "ads" are used at scoring time (a rule the model never saw)
+        [COMMENTS[2]] * 3,
+        [r["text"] for r in rules],
+        ["news"] * 3,
+        positive_examples=[r.get("positive_examples", []) for r in rules],
+        negative_examples=[r.get("negative_examples", []) for r in rules],
+    )
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert body["model"].startswith("model@")
 

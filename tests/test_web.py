@@ -75,8 +75,10 @@ def page(server):
 def test_page_scores_comments_sorted_with_the_threshold_marked(server, page, threshold, tmp_path):
     comments = COMMENTS_SHOWN
     page.fill("#rule", RULE)
-    page.fill("#positive", COMMENTS[0] + "\n" + COMMENTS[2])
-    page.fill("#negative", COMMENTS[1])
+    # No examples here: with three of them the per-rule model's probabilities bunch on one side of the
+    # threshold, and this test is about the page's sorting and threshold mark (examples: test_examples.py).
+    page.fill("#positive", "")
+    page.fill("#negative", "")
     page.fill("#comments", "\n".join(comments) + "\n\n")
     page.click("#score")
     page.wait_for_selector(f"#results li:nth-child({len(comments)})")
@@ -96,7 +98,7 @@ def test_page_scores_comments_sorted_with_the_threshold_marked(server, page, thr
     assert {mark for *_, mark in rows} == {f"{100 * threshold:.1f}%"}
     assert page.text_content("#threshold") == f"{threshold:.2f}"
 
-    rule = {"text": RULE, "positive_examples": [COMMENTS[0], COMMENTS[2]], "negative_examples": [COMMENTS[1]]}
+    rule = {"text": RULE}
     api = httpx.post(
         server.url + "/v1/score/batch", json={"items": [{"comment": c, "rule": rule} for c in comments]}
     ).json()

@@ -200,14 +200,18 @@ def create_app(
     def score_rows(
         comments: list[str], subreddits: list[str | None], rules: list[Rule], threshold: float | None
     ) -> list[RuleScore]:
+        arguments = (comments, [r.text for r in rules], [s or "" for s in subreddits])
+        examples = {
+            "positive_examples": [r.positive_examples for r in rules],
+            "negative_examples": [r.negative_examples for r in rules],
+        }
         with lock:
-            details = scorer.score_details(
-                comments,
-                [r.text for r in rules],
-                [s or "" for s in subreddits],
-                positive_examples=[r.positive_examples for r in rules],
-                negative_examples=[r.negative_examples for r in rules],
-            )
+            if hasattr(scorer, "score_details"):
+                details = scorer.score_details(*arguments, **examples)
+            else:  # a stand-in with only ``score`` (tests, wrappers): no modes to report
+                n = len(comments)
+                details = {"probability": scorer.score(*arguments, **examples)}
+                details |= {"mode": ["zero-shot"] * n, "evidence": [None] * n}
         cut = scorer.threshold if threshold is None else threshold
         scores = []
         for i, (rule, p, mode, evidence) in enumerate(
@@ -258,8 +262,8 @@ def create_app(
             "config": record.get("config"),
             "validation": metrics.get("validation"),
             "validation_scope": VALIDATION_SCOPE,
-            "trained_rules": sorted(scorer.trained_rules),  # scored in mode "trained"
-            "embedder": scorer.has_embedder,
+            "trained_rules": sorted(getattr(scorer, "trained_rules", ())),  # scored in mode "trained"
+            "embedder": getattr(scorer, "has_embedder", False),
             "threshold": scorer.threshold,
             "device": getattr(scorer, "device", None),
             "limits": {
