@@ -192,7 +192,8 @@ class Scorer:
                 groups.setdefault(key, []).append(i)
                 examples_of[key] = (rule, examples)
         evidence: list[dict[str, Any] | None] = [None] * n
-        probability = probability.astype(np.float64)
+        if groups:  # per-rule probabilities are float64; without examples the backend's dtype stays
+            probability = probability.astype(np.float64)
         for key, rows in groups.items():
             rule, examples = examples_of[key]
             model = self._example_model(key, rule, examples)
