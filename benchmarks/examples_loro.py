@@ -70,6 +70,8 @@ def main() -> None:
                 str(model_dir),
                 "--no-progress",
             ]
+            if (model_dir / "checkpoints").is_dir():  # an interrupted run of this script: go on with it
+                cmd.append("--resume")
             subprocess.run(cmd, check=True)
         if find_embedder(model_dir) is None:  # a model dir from before embedders were exported
             from rulebert.export import export_embedder

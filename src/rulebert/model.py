@@ -160,8 +160,9 @@ def _reset_head(model: Any) -> None:
             return
 
 
-def load_checkpoint(name: str) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from ``name`` with a fresh binary classification head."""
+def load_checkpoint(name: str, *, fresh_head: bool = True) -> tuple[Any, Any]:
+    """Load (model, tokenizer) from ``name`` with a fresh binary classification head (``fresh_head=False``:
+    the checkpoint's own head, to go on fine-tuning a trained rulebert model, see :mod:`rulebert.adapt`)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -176,7 +177,8 @@ def load_checkpoint(name: str) -> tuple[Any, Any]:
         ignore_mismatched_sizes=True,
         dtype=torch.float32,  # fp32 master weights even for checkpoints stored in bf16/fp16
     )
-    _reset_head(model)
+    if fresh_head:
+        _reset_head(model)
     return model, tokenizer
 
 

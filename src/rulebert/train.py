@@ -164,17 +164,19 @@ def fit_rows(
     *,
     resume: bool = False,
     progress: bool = True,
+    fresh_head: bool = True,
 ) -> FitResult:
     """Fine-tune ``config.model`` on labelled rows (``data.TEXT``, ``RULE``, ``SUBREDDIT``, ``LABEL``).
 
     Evaluates on ``val_rows`` each epoch (if any) and keeps the last epoch, or with ``keep="best"`` the
     best by column-averaged AUC.
-    Trainer checkpoints go to ``work_dir/checkpoints``. Nothing else is written.
+    Trainer checkpoints go to ``work_dir/checkpoints``. Nothing else is written. ``fresh_head=False`` keeps
+    the checkpoint's classification head (adapting a trained rulebert model).
     """
     started = time.perf_counter()
     work_dir = Path(work_dir)
     set_seed(config.seed)  # before the head is created, so its initial weights are reproducible
-    model, tokenizer = load_checkpoint(config.model)
+    model, tokenizer = load_checkpoint(config.model, fresh_head=fresh_head)
     # Evaluation reads rows in order: sort them by length so its batches need little padding.
     val_rows = val_rows.iloc[np.argsort(val_rows[D.TEXT].str.len().to_numpy(), kind="stable")]
     train_set = RowDataset(encode_frame(tokenizer, train_rows, config), train_rows[D.LABEL].to_numpy())
@@ -373,24 +375,56 @@ def train_model(
             )
     base_model = resolve_checkpoint(config.model)
     fit = fit_selected(config, rows, output_dir, resume=resume, progress=progress)
-    trainer, tokenizer, metrics = fit.trainer, fit.tokenizer, fit.metrics
-    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
-    if trainer.is_world_process_zero():
-        calibrated = _calibrate_validation(fit, calibration)  # adds metrics threshold, calibration
-        calibration_file = calibrated.calibrator_json
-        save_model_dir(
+    fit.metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
+    if fit.trainer.is_world_process_zero():
+        save_fit(
+            fit,
             output_dir,
-            trainer.model,
-            tokenizer,
             config=config,
             base_model=base_model,
             data=fingerprint,
-            metrics=metrics,
-            extra_files={CALIBRATION_FILE: calibration_file} if calibration_file else None,
+            calibration=calibration,
+            export_embedder=export_embedder,
         )
-        _write_validation_report(calibrated, output_dir)
-        if export_embedder:
-            _export_embedder(output_dir, base_model)
         if not keep_checkpoints:
             clear_checkpoints(checkpoint_dir)
-    return TrainResult(output_dir=output_dir, metrics=metrics)
+    return TrainResult(output_dir=output_dir, metrics=fit.metrics)
+
+
+def save_fit(
+    fit: FitResult,
+    output_dir: Path,
+    *,
+    config: TrainConfig,
+    base_model: str,
+    data: dict[str, Any],
+    calibration: str = "platt",
+    export_embedder: bool = True,
+    inherited: tuple[Any, dict[str, Any]] | None = None,
+) -> None:
+    """Everything after fine-tuning, shared by :func:`train_model` and :mod:`rulebert.adapt`: calibrate on
+    the validation rows, save the model dir, write its validation report, add the sentence embedder.
+
+    ``inherited``: (calibration.json payload or None, metrics entries) of the model this one was adapted
+    from, used when there are no validation rows to calibrate on.
+    """
+    metrics = fit.metrics
+    calibrated = _calibrate_validation(fit, calibration)  # adds metrics threshold, calibration
+    calibration_file = calibrated.calibrator_json
+    if inherited is not None and calibrated.calibrator is None:
+        calibration_file = inherited[0]
+        metrics.update(inherited[1])
+    save_model_dir(
+        output_dir,
+        fit.trainer.model,
+        fit.tokenizer,
+        config=config,
+        base_model=base_model,
+        data=data,
+        metrics=metrics,
+        extra_files={CALIBRATION_FILE: calibration_file} if calibration_file else None,
+    )
+    if len(calibrated.labels) or inherited is None:  # an adapted model without validation rows: no report
+        _write_validation_report(calibrated, output_dir)
+    if export_embedder:
+        _export_embedder(output_dir, base_model)
