@@ -12,9 +12,9 @@ import rulebert
 PACKAGE = Path(rulebert.__file__).parent
 LAYERS = [
     ["_version", "errors", "files", "config"],  # foundations
-    ["data", "text", "metrics", "calibrate", "examples"],  # domain, no torch
+    ["data", "text", "metrics", "calibrate", "examples", "rules"],  # domain, no torch
     ["integrity", "model", "checkpoints", "backends"],  # model files and runtime
-    ["report", "train", "predict", "export", "evaluate"],  # use cases
+    ["report", "train", "predict", "export", "evaluate", "adapt"],  # use cases
     ["http_guard", "http_validation", "pipeline", "score", "serve", "cli"],  # front ends
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}

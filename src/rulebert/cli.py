@@ -215,6 +215,33 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    from rulebert.adapt import adapt_model
+    from rulebert.rules import read_rules_jsonl, rules_from_competition
+
+    if args.rules is not None:
+        rules = read_rules_jsonl(args.rules)
+    else:
+        from rulebert.data import read_csv
+
+        rules = rules_from_competition(read_csv(args.test, labelled=False))
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines: stdout is the JSON summary
+        result = adapt_model(
+            args.model_dir, rules, args.output_dir, overwrite=args.overwrite, progress=not args.no_progress
+        )
+    summary = {
+        "model_dir": str(result.output_dir),
+        "adapted_from": str(args.model_dir),
+        "rules": [rule.id for rule in result.rules],
+        "validation": result.metrics.get("validation"),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     _quiet_libraries()
@@ -288,6 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output-dir", required=True, type=Path, help="evaluation.json, ROC PNG go here")
     _add_train_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    adapt = commands.add_parser(
+        "adapt", help="fine-tune a trained model dir on new rules' examples into a new model dir"
+    )
+    adapt.add_argument("--model-dir", required=True, type=Path, help="the trained model to start from")
+    source = adapt.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--rules",
+        type=Path,
+        help='RULES.jsonl: one {"id", "text", "positive_examples", "negative_examples"} per line',
+    )
+    source.add_argument(
+        "--test", type=Path, help="a competition-layout test.csv: its rules and example cells"
+    )
+    adapt.add_argument(
+        "--output-dir", required=True, type=Path, help="where the adapted model dir is written"
+    )
+    adapt.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    adapt.add_argument("--no-progress", action="store_true")
+    adapt.set_defaults(func=cmd_adapt)
 
     serve = commands.add_parser("serve", help="serve the HTTP API and web page for a model dir")
     serve.add_argument("--model-dir", required=True, type=Path)

@@ -165,13 +165,14 @@ def fit_rows(
     resume: bool = False,
     progress: bool = True,
     fresh_head: bool = True,
+    callbacks: list[Any] | None = None,
 ) -> FitResult:
     """Fine-tune ``config.model`` on labelled rows (``data.TEXT``, ``RULE``, ``SUBREDDIT``, ``LABEL``).
 
     Evaluates on ``val_rows`` each epoch (if any) and keeps the last epoch, or with ``keep="best"`` the
     best by column-averaged AUC.
     Trainer checkpoints go to ``work_dir/checkpoints``. Nothing else is written. ``fresh_head=False`` keeps
-    the checkpoint's classification head (adapting a trained rulebert model).
+    the checkpoint's classification head (adapting a trained rulebert model); ``callbacks`` go to the Trainer.
     """
     started = time.perf_counter()
     work_dir = Path(work_dir)
@@ -224,7 +225,7 @@ def fit_rows(
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
         compute_metrics=compute_metrics if has_val else None,
-        callbacks=[SaveEveryStepsCallback(config.save_steps)] if config.save_steps else None,
+        callbacks=[*(callbacks or []), *([SaveEveryStepsCallback(config.save_steps)] if config.save_steps else [])],
         checkpoint_record={
             "config": config.to_dict(),
             "data": {"train_rows": _rows_digest(train_rows), "val_rows": _rows_digest(val_rows)},

@@ -1,0 +1,232 @@
+"""A moderator's rules as data: an id, the rule text and its labelled examples.
+
+Where they come from: a RULES.jsonl file (``rulebert adapt --rules``, ``rulebert score --rules``), the
+competition layout (``--test test.csv``: each distinct rule with its example cells), or the server's store
+(:class:`RuleStore`, an SQLite file under ``rulebert serve --state-dir``).
+
+RULES.jsonl has one JSON object per line::
+
+    {"id": "medical", "text": "No medical advice", "positive_examples": ["..."], "negative_examples": ["..."]}
+
+``id`` is what a rule is called in a column name (``probability_<id>``) and a URL (``/v1/rules/<id>``):
+letters, digits, ``_``, ``-`` and ``.``, at most 64 characters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rulebert import data as D
+from rulebert.errors import RulebertError
+
+RULE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+RULE_FIELDS = ("id", "text", "positive_examples", "negative_examples")
+
+
+@dataclass(frozen=True)
+class StoredRule:
+    """A rule with its id and labelled examples (comments that break it / keep it)."""
+
+    id: str
+    text: str
+    positive_examples: tuple[str, ...] = ()
+    negative_examples: tuple[str, ...] = ()
+    updated: float = field(default=0.0, compare=False)
+    """Seconds since the epoch of the last change (set by :class:`RuleStore`)."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["positive_examples"], out["negative_examples"] = (
+            list(self.positive_examples),
+            list(self.negative_examples),
+        )
+        return out
+
+
+def check_rule_id(rule_id: object, where: str) -> str:
+    if not isinstance(rule_id, str) or not RULE_ID.fullmatch(rule_id):
+        raise RulebertError(
+            f"{where}: id {str(rule_id)[:80]!r} must be 1-64 letters, digits, '_', '-' or '.'"
+        )
+    return rule_id
+
+
+def rule_from_json(payload: object, where: str) -> StoredRule:
+    """A :class:`StoredRule` from a parsed JSON object, every field checked (``where`` names the line)."""
+    if not isinstance(payload, dict):
+        raise RulebertError(f"{where}: expected a JSON object, got {type(payload).__name__}")
+    unknown = sorted(set(payload) - set(RULE_FIELDS))
+    if unknown:
+        raise RulebertError(f"{where}: unknown field {unknown[0]!r} (expected {', '.join(RULE_FIELDS)})")
+    rule_id = check_rule_id(payload.get("id"), where)
+    text = payload.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise RulebertError(f"{where}: field 'text' must be a non-empty string")
+    examples = []
+    for name in ("positive_examples", "negative_examples"):
+        values = payload.get(name, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise RulebertError(f"{where}: field {name!r} must be a list of strings")
+        examples.append(tuple(v for v in values if v.strip()))
+    return StoredRule(rule_id, text, examples[0], examples[1])
+
+
+def read_rules_jsonl(path: str | os.PathLike) -> list[StoredRule]:
+    """The rules of a RULES.jsonl file; a bad line is a one-line error naming the file and line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise RulebertError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise RulebertError(f"{path}: not UTF-8 (byte {err.start})") from None
+    rules: dict[str, StoredRule] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            payload = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RulebertError(f"{where}: not JSON ({err.msg}, column {err.colno})") from None
+        rule = rule_from_json(payload, where)
+        if rule.id in rules:
+            raise RulebertError(f"{where}: id {rule.id!r} appears twice")
+        rules[rule.id] = rule
+    if not rules:
+        raise RulebertError(f"{path}: no rules (one JSON object per line)")
+    return list(rules.values())
+
+
+def slug(text: str, taken: set[str]) -> str:
+    """A readable, unused rule id from a rule text: "No Advertising: ..." -> "no-advertising"."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    base = "-".join(words[:4])[:48] or "rule"
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def rules_from_competition(frame: pd.DataFrame) -> list[StoredRule]:
+    """Each distinct rule of a competition-layout frame with all of its example cells (distinct texts; a
+    text given with both labels goes to the majority, ties dropped: :func:`rulebert.data.dedupe_rows`)."""
+    rows, _ = D.dedupe_rows(D.example_rows(frame))
+    taken: set[str] = set()
+    rules = []
+    for rule_text in dict.fromkeys(frame[D.RULE]):
+        own = rows[rows[D.RULE] == rule_text]
+        rules.append(
+            StoredRule(
+                slug(rule_text, taken),
+                rule_text,
+                tuple(own.loc[own[D.LABEL] == 1, D.TEXT]),
+                tuple(own.loc[own[D.LABEL] == 0, D.TEXT]),
+            )
+        )
+    return rules
+
+
+def example_frame(rules: Sequence[StoredRule]) -> pd.DataFrame:
+    """Labelled (text, rule, subreddit, label) rows from rules' examples, de-duplicated per rule: the rows
+    adaptation fine-tunes on (the same rows ``rulebert run`` makes of a test file's example cells)."""
+    parts = [
+        pd.DataFrame(
+            {
+                D.TEXT: list(rule.positive_examples) + list(rule.negative_examples),
+                D.RULE: rule.text,
+                D.SUBREDDIT: "",
+                D.LABEL: [1] * len(rule.positive_examples) + [0] * len(rule.negative_examples),
+                D.SOURCE: "example",
+            }
+        )
+        for rule in rules
+    ]
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[D.TEXT, D.RULE])
+    rows, _ = D.dedupe_rows(rows)
+    return rows
+
+
+class RuleStore:
+    """Rules kept in an SQLite file: create/replace, read, list, delete. Safe from many threads (a connection
+    per call) and from several processes on one machine (SQLite's locking; WAL journal).
+
+    SQLite wants a local disk: several servers sharing one rule set should share one server (clients
+    are cheap), or point ``--rules-db`` at a file only one of them writes.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._connect() as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(
+                    "CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL)"
+                )
+        except sqlite3.DatabaseError as err:
+            raise RulebertError(f"{self.path}: not a usable rules database ({err})") from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(self.path, timeout=30)
+        try:
+            with connection:  # commits, or rolls back on an error
+                yield connection
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _row(rule_id: str, body: str, updated: float) -> StoredRule:
+        payload = json.loads(body)
+        return StoredRule(
+            rule_id,
+            payload["text"],
+            tuple(payload["positive_examples"]),
+            tuple(payload["negative_examples"]),
+            updated,
+        )
+
+    def put(self, rule: StoredRule) -> tuple[StoredRule, bool]:
+        """Create or replace a rule; returns it (with its time) and whether it is new."""
+        check_rule_id(rule.id, "rule")
+        body = json.dumps({k: v for k, v in rule.to_json().items() if k not in ("id", "updated")})
+        stamped = StoredRule(rule.id, rule.text, rule.positive_examples, rule.negative_examples, time.time())
+        with self._connect() as connection:
+            existed = connection.execute("SELECT 1 FROM rules WHERE id = ?", (rule.id,)).fetchone()
+            connection.execute(
+                "INSERT OR REPLACE INTO rules (id, body, updated) VALUES (?, ?, ?)",
+                (rule.id, body, stamped.updated),
+            )
+        return stamped, existed is None
+
+    def get(self, rule_id: str) -> StoredRule | None:
+        with self._connect() as connection:
+            row = connection.execute(
+                "SELECT id, body, updated FROM rules WHERE id = ?", (rule_id,)
+            ).fetchone()
+        return None if row is None else self._row(*row)
+
+    def list(self) -> list[StoredRule]:
+        with self._connect() as connection:
+            rows = connection.execute("SELECT id, body, updated FROM rules ORDER BY id").fetchall()
+        return [self._row(*row) for row in rows]
+
+    def delete(self, rule_id: str) -> bool:
+        with self._connect() as connection:
+            return connection.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount > 0
