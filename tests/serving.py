@@ -83,12 +83,14 @@ class Server:
 
 
 @contextlib.contextmanager
-def start_server(model_dir: Path, log: Path, timeout: float = 120.0) -> Iterator[Server]:
+def start_server(
+    model_dir: Path, log: Path, timeout: float = 120.0, extra_args: tuple[str, ...] = ()
+) -> Iterator[Server]:
     """``python -m rulebert.cli serve`` on 127.0.0.1; yields once ``/healthz`` answers, stops it after."""
     port = free_port()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "rulebert.cli", "serve", "--model-dir", str(model_dir)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra_args]
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

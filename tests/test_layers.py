@@ -15,7 +15,7 @@ LAYERS = [
     ["data", "text", "metrics", "calibrate", "examples", "rules"],  # domain, no torch
     ["integrity", "model", "checkpoints", "backends"],  # model files and runtime
     ["report", "train", "predict", "export", "evaluate", "adapt"],  # use cases
-    ["http_guard", "http_validation", "pipeline", "score", "serve", "cli"],  # front ends
+    ["http_guard", "http_validation", "http_schema", "serve_state", "pipeline", "score", "serve", "cli"],  # front ends
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

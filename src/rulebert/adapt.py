@@ -88,6 +88,20 @@ def _prepare_output(output_dir: Path, source_dir: Path, overwrite: bool) -> None
         raise RulebertError(f"{output_dir}: not empty; choose a new --output-dir or pass --overwrite")
 
 
+def lineage_root(record: dict[str, Any]) -> str:
+    """The weights a chain of adaptations started from (a digest of their hashes): a server restarted with
+    a ``--state-dir`` serves an adapted model only if it descends from the ``--model-dir`` it was given."""
+    import hashlib
+    import json
+
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    adapted = data.get("adapted_from") if isinstance(data.get("adapted_from"), dict) else {}
+    if isinstance(adapted.get("root"), str):
+        return adapted["root"]
+    weights = json.dumps(record.get("weights_sha256") or {}, sort_keys=True)
+    return hashlib.sha256(weights.encode()).hexdigest()[:32]
+
+
 def _lineage(
     source_dir: Path, record: dict[str, Any], rules: Sequence[StoredRule], rows: int
 ) -> dict[str, Any]:
@@ -100,6 +114,7 @@ def _lineage(
             "weights_sha256": record.get("weights_sha256"),
             "created": record.get("created"),
             "rules": earlier,
+            "root": lineage_root(record),
         },
         "adapted_rules": [
             {
@@ -152,7 +167,8 @@ def adapt_model(
     progress: bool = True,
     on_progress: Progress | None = None,
 ) -> AdaptResult:
-    """Fine-tune the model in ``model_dir`` on ``rules``' examples; write the adapted one to ``output_dir``."""
+    """Fine-tune the model in ``model_dir`` on ``rules``' examples; write the adapted one to
+    ``output_dir``."""
     source_dir, output_dir = Path(model_dir), Path(output_dir)
     report = on_progress or (lambda fraction, message: None)
     _check_rules(rules)

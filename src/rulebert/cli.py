@@ -193,6 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=args.allowed_host,
         max_connections=args.max_connections,
         request_timeout=args.request_timeout,
+        state_dir=args.state_dir,
+        rules_db=args.rules_db,
     )
     return 0
 
@@ -362,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds for a request's headers, then its body, to arrive; else 408 and closed (default 10)",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep stored rules (/v1/rules) and adapted models (/v1/adapt) here; a restart with the same "
+        "folder serves the newest adapted model and the stored rules",
+    )
+    serve.add_argument(
+        "--rules-db", type=Path, help="the rules' SQLite file (default: STATE_DIR/rules.sqlite3)"
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 
 from rulebert._version import __version__
 from rulebert.errors import RulebertError
@@ -47,119 +46,32 @@ from rulebert.http_guard import (
     check_api_key,
     guarded_protocol,
 )
-from rulebert.http_validation import MAX_ERRORS, InvalidBody, error_body, parse_body
+from rulebert.http_schema import (
+    MAX_BATCH,
+    MAX_BODY_BYTES,
+    MAX_COMMENT_BYTES,
+    MAX_EXAMPLE_BYTES,
+    MAX_EXAMPLES,
+    MAX_RULE_BYTES,
+    MAX_RULES,
+    AdaptRequest,
+    BatchRequest,
+    BatchResponse,
+    InvalidRequestResponse,
+    Job,
+    Rule,
+    RuleBody,
+    RuleList,
+    RuleScore,
+    ScoreRequest,
+    ScoreResponse,
+    StoredRuleOut,
+)
+from rulebert.http_validation import MAX_ERRORS as MAX_ERRORS  # re-exported: the 422 cap is part of the API
+from rulebert.http_validation import InvalidBody, error_body, parse_body
 from rulebert.model import VALIDATION_SCOPE
-
-# Limits. A comment's size is counted in UTF-8 bytes (10 kB, what a Reddit comment holds, 10,000 chars,
-# is at most 40 kB of UTF-8; moderators paste real comments, not novels).
-MAX_COMMENT_BYTES = 10_000
-MAX_RULE_BYTES = 2_000
-MAX_EXAMPLE_BYTES = 10_000
-MAX_EXAMPLES = 16  # per rule, for each of positive / negative
-MAX_RULES = 64  # rules per /v1/score request
-MAX_BATCH = 256  # items per /v1/score/batch request
-MAX_BODY_BYTES = 1_048_576  # whole request body
-MAX_ID_CHARS = 200
-MAX_SUBREDDIT_CHARS = 100
-
-
-def _utf8_at_most(limit: int) -> AfterValidator:
-    def check(value: str) -> str:
-        size = len(value.encode("utf-8"))
-        if size > limit:
-            raise ValueError(f"is {size} bytes of UTF-8; the limit is {limit}")
-        if not value.strip():
-            raise ValueError("is empty")
-        return value
-
-    return AfterValidator(check)
-
-
-Comment = Annotated[str, _utf8_at_most(MAX_COMMENT_BYTES)]
-RuleText = Annotated[str, _utf8_at_most(MAX_RULE_BYTES)]
-ExampleText = Annotated[str, _utf8_at_most(MAX_EXAMPLE_BYTES)]
-Subreddit = Annotated[str, Field(max_length=MAX_SUBREDDIT_CHARS)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
-
-
-class Rule(Strict):
-    id: str | None = Field(None, max_length=MAX_ID_CHARS, description="echoed back; defaults to the position")
-    text: RuleText
-    positive_examples: list[ExampleText] = Field(
-        default_factory=list, max_length=MAX_EXAMPLES, description="comments that break the rule"
-    )
-    negative_examples: list[ExampleText] = Field(
-        default_factory=list, max_length=MAX_EXAMPLES, description="comments that keep the rule"
-    )
-
-
-Threshold = Annotated[
-    float | None, Field(None, ge=0, le=1, description="flag at this probability (default: the model's)")
-]
-
-
-class ScoreRequest(Strict):
-    comment: Comment
-    subreddit: Subreddit | None = None
-    rules: list[Rule] = Field(min_length=1, max_length=MAX_RULES)
-    threshold: Threshold = None
-
-
-class BatchItem(Strict):
-    id: str | None = Field(None, max_length=MAX_ID_CHARS, description="echoed back as item_id")
-    comment: Comment
-    subreddit: Subreddit | None = None
-    rule: Rule
-
-
-class BatchRequest(Strict):
-    items: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH)
-    threshold: Threshold = None
-
-
-class Evidence(BaseModel):
-    text: str = Field(description="the labelled example most similar to the comment")
-    label: int = Field(description="1: it breaks the rule, 0: it keeps it")
-    similarity: float
-
-
-class RuleScore(BaseModel):
-    id: str
-    rule: str
-    probability: float = Field(ge=0, le=1, description="P(the comment breaks the rule)")
-    flagged: bool = Field(description="probability >= the threshold (the request's, else the model's)")
-    mode: str = Field(
-        description="trained: the model was trained on this rule; examples: the rule's examples were used "
-        "at scoring time; zero-shot: neither (a rule the model never saw: treat the score with caution)"
-    )
-    evidence: Evidence | None = Field(None, description="in mode examples: the nearest labelled example")
-    item_id: str | None = Field(None, description="the batch item's id, when it had one")
-
-
-class ScoreResponse(BaseModel):
-    scores: list[RuleScore]
-    model: str
-
-
-class BatchResponse(BaseModel):
-    scores: list[RuleScore] = Field(description="one per item, in the order of items")
-    model: str
-
-
-class InvalidRequestResponse(BaseModel):
-    detail: list[dict[str, Any]] = Field(
-        description=f"the first {MAX_ERRORS} errors: type, loc (starting with 'body'), msg, input (cut short)"
-    )
-    errors_not_shown: int | None = Field(None, description="how many more errors there were")
-
-
-def _model_name(model_dir: Path, record: dict[str, Any]) -> str:
-    """The model dir's name plus the start of its weights' hash: tells two models of one name apart."""
-    hashes = "".join(sorted((record.get("weights_sha256") or {}).values()))
-    return f"{model_dir.name}@{hashes[:12]}" if hashes else model_dir.name
+from rulebert.rules import RULE_ID, StoredRule
+from rulebert.serve_state import Busy, Jobs, Served, ServedModel, ServerState
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -176,6 +88,8 @@ def create_app(
     api_key: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
     request_timeout: float = REQUEST_TIMEOUT,
+    state_dir: str | os.PathLike | None = None,
+    rules_db: str | os.PathLike | None = None,
 ) -> FastAPI:
     """The app, serving one model: a model dir (loaded here, once) or a loaded ``Scorer``.
 
@@ -184,6 +98,9 @@ def create_app(
     header names another host is a 400 (Starlette's patterns: ``*``, ``*.example.org``, ``[::1]``); see
     :func:`allowed_hosts_for`. Both default to off, as under a test client or another server.
     ``request_timeout``: seconds for a request's body to arrive (else 408).
+    ``state_dir``: stored rules (``/v1/rules``) and adaptation (``/v1/adapt``) live there, see
+    :mod:`rulebert.serve_state`; the newest adapted model under it is served. ``rules_db``: the rules' SQLite
+    file, when not ``state_dir/rules.sqlite3``.
     """
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -191,21 +108,55 @@ def create_app(
 
     if api_key is not None:
         api_key = check_api_key(api_key, "api_key")
-    scorer = model if hasattr(model, "score") else Scorer(model)
-    record = getattr(scorer, "record", None) or {}
-    name = _model_name(Path(scorer.model_dir), record)
-    lock = threading.Lock()
+    state = ServerState(state_dir, rules_db) if state_dir is not None else None
+    if not hasattr(model, "score") and state is not None:
+        adapted = state.newest_adapted(model)
+        if adapted is not None:
+            print(f"rulebert: serving the newest adapted model, {adapted}", file=sys.stderr)
+            model = adapted
+    served = ServedModel(Served.of(model if hasattr(model, "score") else Scorer(model)))
+    jobs = Jobs(state, served, lambda path: Served.of(Scorer(path))) if state is not None else None
     page = resources.files("rulebert").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def with_stored(rules: list[Rule], where: Callable[[int], tuple[Any, ...]]) -> list[Rule]:
+        """Rules given by id alone, filled in from the store; an unknown id is a 422 naming it."""
+        errors, out = [], []
+        for i, rule in enumerate(rules):
+            stored = None
+            if rule.text is None and state is not None and RULE_ID.fullmatch(rule.id or ""):
+                stored = state.rules.get(rule.id)
+            if rule.text is None and stored is None:
+                why = (
+                    f"no stored rule {rule.id!r}"
+                    if state is not None
+                    else "no stored rules (serve --state-dir)"
+                )
+                errors.append({"type": "not_found", "loc": where(i), "msg": why, "input": rule.id})
+                continue
+            if stored is not None:
+                rule = rule.model_copy(
+                    update={
+                        "text": stored.text,
+                        "positive_examples": rule.positive_examples or list(stored.positive_examples),
+                        "negative_examples": rule.negative_examples or list(stored.negative_examples),
+                    }
+                )
+            out.append(rule)
+        if errors:
+            raise InvalidBody(error_body(errors))
+        return out
 
     def score_rows(
         comments: list[str], subreddits: list[str | None], rules: list[Rule], threshold: float | None
-    ) -> list[RuleScore]:
+    ) -> tuple[list[RuleScore], str]:
+        current = served.current  # one whole model per request, even while an adaptation switches it
+        scorer = current.scorer
         arguments = (comments, [r.text for r in rules], [s or "" for s in subreddits])
         examples = {
             "positive_examples": [r.positive_examples for r in rules],
             "negative_examples": [r.negative_examples for r in rules],
         }
-        with lock:
+        with current.lock:
             if hasattr(scorer, "score_details"):
                 details = scorer.score_details(*arguments, **examples)
             else:  # a stand-in with only ``score`` (tests, wrappers): no modes to report
@@ -224,7 +175,28 @@ def create_app(
                     id=rule_id, rule=rule.text, probability=p, flagged=p >= cut, mode=mode, evidence=evidence
                 )
             )
-        return scores
+        return scores, current.name
+
+    def mode_of(rule: StoredRule) -> str:
+        scorer = served.current.scorer
+        if not hasattr(scorer, "mode"):
+            return "zero-shot"
+        from rulebert.examples import RuleExamples
+
+        return scorer.mode(rule.text, RuleExamples.of(rule.positive_examples, rule.negative_examples))
+
+    def rule_out(rule: StoredRule) -> StoredRuleOut:
+        return StoredRuleOut(**rule.to_json(), mode=mode_of(rule))
+
+    def need_state() -> ServerState:
+        if state is None:
+            raise HTTPException(404, "this server keeps no rules: start it with --state-dir")
+        return state
+
+    def stored_rule_id(rule_id: str) -> str:
+        if not RULE_ID.fullmatch(rule_id):
+            raise HTTPException(422, "a rule id is 1-64 letters, digits, '_', '-' or '.'")
+        return rule_id
 
     app = FastAPI(
         title="rulebert",
@@ -249,23 +221,28 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok", "model": name}
+        return {"status": "ok", "model": served.current.name}
 
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:
-        metrics = scorer.metrics
+        current = served.current
+        scorer, record = current.scorer, current.record
+        data = record.get("data") if isinstance(record.get("data"), dict) else {}
         return {
-            "model": name,
+            "model": current.name,
             "model_dir": Path(scorer.model_dir).name,  # never the absolute path: it tells about the host
             "checkpoint": record.get("base_model"),
             "created": record.get("created"),
             "config": record.get("config"),
-            "validation": metrics.get("validation"),
+            "adapted_from": (data.get("adapted_from") or {}).get("model"),
+            "validation": scorer.metrics.get("validation"),
             "validation_scope": VALIDATION_SCOPE,
             "trained_rules": sorted(getattr(scorer, "trained_rules", ())),  # scored in mode "trained"
             "embedder": getattr(scorer, "has_embedder", False),
             "threshold": scorer.threshold,
             "device": getattr(scorer, "device", None),
+            "stored_rules": state is not None,
+            "adapting": jobs.active if jobs is not None else None,
             "limits": {
                 "comment_bytes": MAX_COMMENT_BYTES,
                 "rule_bytes": MAX_RULE_BYTES,
@@ -284,11 +261,13 @@ def create_app(
         responses=INVALID_422,
     )
     async def score(http_request: Request) -> ScoreResponse:
-        """One comment against one or more rules; scores in the order of ``rules``."""
+        """One comment against one or more rules (inline, or stored ones by ``{"id": ...}``); scores in the
+        order of ``rules``."""
         request = await parse_body(http_request, ScoreRequest)
-        n = len(request.rules)
-        scores = await run_in_threadpool(
-            score_rows, [request.comment] * n, [request.subreddit] * n, request.rules, request.threshold
+        rules = await run_in_threadpool(with_stored, request.rules, lambda i: ("body", "rules", i, "id"))
+        n = len(rules)
+        scores, name = await run_in_threadpool(
+            score_rows, [request.comment] * n, [request.subreddit] * n, rules, request.threshold
         )
         return ScoreResponse(scores=scores, model=name)
 
@@ -302,16 +281,91 @@ def create_app(
         """Many (comment, rule) items at once; results in the order of ``items``."""
         request = await parse_body(http_request, BatchRequest)
         items = request.items
-        scores = await run_in_threadpool(
-            score_rows,
-            [i.comment for i in items],
-            [i.subreddit for i in items],
-            [i.rule for i in items],
-            request.threshold,
+        rules = await run_in_threadpool(
+            with_stored, [i.rule for i in items], lambda i: ("body", "items", i, "rule", "id")
+        )
+        scores, name = await run_in_threadpool(
+            score_rows, [i.comment for i in items], [i.subreddit for i in items], rules, request.threshold
         )
         for item, answer in zip(items, scores, strict=True):
             answer.item_id = item.id
         return BatchResponse(scores=scores, model=name)
+
+    @app.get("/v1/rules", response_model=RuleList)
+    async def list_rules() -> RuleList:
+        stored = await run_in_threadpool(need_state().rules.list)
+        return RuleList(rules=[rule_out(rule) for rule in stored])
+
+    @app.get("/v1/rules/{rule_id}", response_model=StoredRuleOut)
+    async def get_rule(rule_id: str) -> StoredRuleOut:
+        rule = await run_in_threadpool(need_state().rules.get, stored_rule_id(rule_id))
+        if rule is None:
+            raise HTTPException(404, f"no stored rule {rule_id!r}")
+        return rule_out(rule)
+
+    @app.put(
+        "/v1/rules/{rule_id}",
+        response_model=StoredRuleOut,
+        openapi_extra=_body_schema(RuleBody),
+        responses={**INVALID_422, 201: {"model": StoredRuleOut, "description": "Created"}},
+    )
+    async def put_rule(rule_id: str, http_request: Request) -> JSONResponse:
+        """Create (201) or replace (200) a stored rule and its examples."""
+        store = need_state().rules
+        body = await parse_body(http_request, RuleBody)
+        rule = StoredRule(
+            stored_rule_id(rule_id), body.text, tuple(body.positive_examples), tuple(body.negative_examples)
+        )
+        stored, created = await run_in_threadpool(store.put, rule)
+        return JSONResponse(rule_out(stored).model_dump(), status_code=201 if created else 200)
+
+    @app.delete("/v1/rules/{rule_id}", status_code=204)
+    async def delete_rule(rule_id: str) -> Response:
+        if not await run_in_threadpool(need_state().rules.delete, stored_rule_id(rule_id)):
+            raise HTTPException(404, f"no stored rule {rule_id!r}")
+        return Response(status_code=204)
+
+    @app.post(
+        "/v1/adapt",
+        status_code=202,
+        response_model=Job,
+        openapi_extra={"requestBody": {"required": False, **_body_schema(AdaptRequest)["requestBody"]}},
+        responses={**INVALID_422, 409: {"description": "an adaptation job is already queued or running"}},
+    )
+    async def adapt(http_request: Request) -> Job:
+        """Fine-tune the served model on stored rules' examples in the background (``{"rules": [ids]}``,
+        default every stored rule); poll ``GET /v1/jobs/{job}``. On success the server switches to the
+        adapted model and those rules score in mode ``trained``."""
+        store = need_state().rules
+        request = (
+            await parse_body(http_request, AdaptRequest) if await http_request.body() else AdaptRequest()
+        )
+        stored = await run_in_threadpool(store.list)
+        by_id = {rule.id: rule for rule in stored}
+        wanted = request.rules if request.rules is not None else list(by_id)
+        missing = [rule_id for rule_id in wanted if rule_id not in by_id]
+        if missing:
+            raise HTTPException(422, f"no stored rule {missing[0]!r}")
+        if not wanted:
+            raise HTTPException(422, "no stored rules to adapt on: PUT /v1/rules/{id} first")
+        for rule_id in wanted:
+            rule = by_id[rule_id]
+            if not rule.positive_examples or not rule.negative_examples:
+                raise HTTPException(
+                    422, f"rule {rule_id!r}: adapting needs at least one positive and one negative example"
+                )
+        try:
+            return Job(**jobs.start([by_id[rule_id] for rule_id in dict.fromkeys(wanted)]))
+        except Busy as err:
+            raise HTTPException(409, str(err)) from None
+
+    @app.get("/v1/jobs/{job_id}", response_model=Job)
+    async def job(job_id: str) -> Job:
+        need_state()
+        found = jobs.get(job_id)
+        if found is None:
+            raise HTTPException(404, f"no job {job_id[:40]!r}")
+        return Job(**found)
 
     base_openapi = app.openapi
 
@@ -320,7 +374,7 @@ def create_app(
         if app.openapi_schema is None:
             schema = base_openapi()
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            for body_model in (ScoreRequest, BatchRequest):
+            for body_model in (ScoreRequest, BatchRequest, RuleBody, AdaptRequest):
                 definition = body_model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(definition.pop("$defs", {}))
                 schemas[body_model.__name__] = definition
@@ -353,6 +407,8 @@ def run_server(
     allowed_hosts: Iterable[str] = (),
     max_connections: int = MAX_CONNECTIONS,
     request_timeout: float = REQUEST_TIMEOUT,
+    state_dir: str | os.PathLike | None = None,
+    rules_db: str | os.PathLike | None = None,
 ) -> None:
     """Load the model, then serve until interrupted. Binds to loopback unless told otherwise.
 
@@ -366,7 +422,14 @@ def run_server(
         raise RulebertError("--max-connections and --request-timeout must be positive")
     hosts = allowed_hosts_for(host, allowed_hosts)
     # a bad model dir fails here, as a one-line error, before binding
-    app = create_app(model_dir, api_key=api_key, allowed_hosts=hosts, request_timeout=request_timeout)
+    app = create_app(
+        model_dir,
+        api_key=api_key,
+        allowed_hosts=hosts,
+        request_timeout=request_timeout,
+        state_dir=state_dir,
+        rules_db=rules_db,
+    )
     if host not in LOOPBACK:
         if api_key is None:
             print(
