@@ -24,6 +24,15 @@ MAX_BATCH = 256  # items per /v1/score/batch request
 MAX_BODY_BYTES = 1_048_576  # whole request body
 MAX_ID_CHARS = 200
 MAX_SUBREDDIT_CHARS = 100
+LIMITS = {  # reported by /v1/model
+    "comment_bytes": MAX_COMMENT_BYTES,
+    "rule_bytes": MAX_RULE_BYTES,
+    "example_bytes": MAX_EXAMPLE_BYTES,
+    "examples_per_rule": MAX_EXAMPLES,
+    "rules_per_request": MAX_RULES,
+    "items_per_batch": MAX_BATCH,
+    "body_bytes": MAX_BODY_BYTES,
+}
 
 
 def _utf8_at_most(limit: int) -> AfterValidator:

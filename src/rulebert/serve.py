@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,8 @@ from rulebert.http_guard import (
     guarded_protocol,
 )
 from rulebert.http_schema import (
-    MAX_BATCH,
+    LIMITS,
     MAX_BODY_BYTES,
-    MAX_COMMENT_BYTES,
-    MAX_EXAMPLE_BYTES,
-    MAX_EXAMPLES,
-    MAX_RULE_BYTES,
-    MAX_RULES,
     AdaptRequest,
     BatchRequest,
     BatchResponse,
@@ -67,11 +62,15 @@ from rulebert.http_schema import (
     ScoreResponse,
     StoredRuleOut,
 )
+from rulebert.http_schema import MAX_BATCH as MAX_BATCH  # the limits, re-exported for callers of serve
+from rulebert.http_schema import MAX_COMMENT_BYTES as MAX_COMMENT_BYTES
+from rulebert.http_schema import MAX_EXAMPLES as MAX_EXAMPLES
+from rulebert.http_schema import MAX_RULES as MAX_RULES
 from rulebert.http_validation import MAX_ERRORS as MAX_ERRORS  # re-exported: the 422 cap is part of the API
 from rulebert.http_validation import InvalidBody, error_body, parse_body
 from rulebert.model import VALIDATION_SCOPE
 from rulebert.rules import RULE_ID, StoredRule
-from rulebert.serve_state import Busy, Jobs, Served, ServedModel, ServerState
+from rulebert.serve_state import Busy, Jobs, Served, ServedModel, ServerState, with_stored
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -117,34 +116,6 @@ def create_app(
     served = ServedModel(Served.of(model if hasattr(model, "score") else Scorer(model)))
     jobs = Jobs(state, served, lambda path: Served.of(Scorer(path))) if state is not None else None
     page = resources.files("rulebert").joinpath("static/index.html").read_text(encoding="utf-8")
-
-    def with_stored(rules: list[Rule], where: Callable[[int], tuple[Any, ...]]) -> list[Rule]:
-        """Rules given by id alone, filled in from the store; an unknown id is a 422 naming it."""
-        errors, out = [], []
-        for i, rule in enumerate(rules):
-            stored = None
-            if rule.text is None and state is not None and RULE_ID.fullmatch(rule.id or ""):
-                stored = state.rules.get(rule.id)
-            if rule.text is None and stored is None:
-                why = (
-                    f"no stored rule {rule.id!r}"
-                    if state is not None
-                    else "no stored rules (serve --state-dir)"
-                )
-                errors.append({"type": "not_found", "loc": where(i), "msg": why, "input": rule.id})
-                continue
-            if stored is not None:
-                rule = rule.model_copy(
-                    update={
-                        "text": stored.text,
-                        "positive_examples": rule.positive_examples or list(stored.positive_examples),
-                        "negative_examples": rule.negative_examples or list(stored.negative_examples),
-                    }
-                )
-            out.append(rule)
-        if errors:
-            raise InvalidBody(error_body(errors))
-        return out
 
     def score_rows(
         comments: list[str], subreddits: list[str | None], rules: list[Rule], threshold: float | None
@@ -243,15 +214,7 @@ def create_app(
             "device": getattr(scorer, "device", None),
             "stored_rules": state is not None,
             "adapting": jobs.active if jobs is not None else None,
-            "limits": {
-                "comment_bytes": MAX_COMMENT_BYTES,
-                "rule_bytes": MAX_RULE_BYTES,
-                "example_bytes": MAX_EXAMPLE_BYTES,
-                "examples_per_rule": MAX_EXAMPLES,
-                "rules_per_request": MAX_RULES,
-                "items_per_batch": MAX_BATCH,
-                "body_bytes": MAX_BODY_BYTES,
-            },
+            "limits": LIMITS,
         }
 
     @app.post(
@@ -264,7 +227,9 @@ def create_app(
         """One comment against one or more rules (inline, or stored ones by ``{"id": ...}``); scores in the
         order of ``rules``."""
         request = await parse_body(http_request, ScoreRequest)
-        rules = await run_in_threadpool(with_stored, request.rules, lambda i: ("body", "rules", i, "id"))
+        rules = await run_in_threadpool(
+            with_stored, state, request.rules, lambda i: ("body", "rules", i, "id")
+        )
         n = len(rules)
         scores, name = await run_in_threadpool(
             score_rows, [request.comment] * n, [request.subreddit] * n, rules, request.threshold
@@ -282,7 +247,7 @@ def create_app(
         request = await parse_body(http_request, BatchRequest)
         items = request.items
         rules = await run_in_threadpool(
-            with_stored, [i.rule for i in items], lambda i: ("body", "items", i, "rule", "id")
+            with_stored, state, [i.rule for i in items], lambda i: ("body", "items", i, "rule", "id")
         )
         scores, name = await run_in_threadpool(
             score_rows, [i.comment for i in items], [i.subreddit for i in items], rules, request.threshold

@@ -25,8 +25,10 @@ from typing import Any
 
 from rulebert.adapt import adapt_model, lineage_root
 from rulebert.errors import RulebertError
+from rulebert.http_schema import Rule
+from rulebert.http_validation import InvalidBody, error_body
 from rulebert.model import verify_model_dir
-from rulebert.rules import RuleStore, StoredRule
+from rulebert.rules import RULE_ID, RuleStore, StoredRule
 
 RULES_DB = "rules.sqlite3"
 MODELS_DIR = "models"
@@ -185,3 +187,32 @@ class Jobs:
             with self._lock:
                 job.finished = time.time()
                 self._active = None
+
+
+def with_stored(
+    state: ServerState | None, rules: list[Rule], where: Callable[[int], tuple[Any, ...]]
+) -> list[Rule]:
+    """Rules given by id alone, filled in from the store; an unknown id is a 422 naming it."""
+    errors, out = [], []
+    for i, rule in enumerate(rules):
+        stored = None
+        if rule.text is None and state is not None and RULE_ID.fullmatch(rule.id or ""):
+            stored = state.rules.get(rule.id)
+        if rule.text is None and stored is None:
+            why = (
+                f"no stored rule {rule.id!r}" if state is not None else "no stored rules (serve --state-dir)"
+            )
+            errors.append({"type": "not_found", "loc": where(i), "msg": why, "input": rule.id})
+            continue
+        if stored is not None:
+            rule = rule.model_copy(
+                update={
+                    "text": stored.text,
+                    "positive_examples": rule.positive_examples or list(stored.positive_examples),
+                    "negative_examples": rule.negative_examples or list(stored.negative_examples),
+                }
+            )
+        out.append(rule)
+    if errors:
+        raise InvalidBody(error_body(errors))
+    return out
