@@ -162,3 +162,77 @@ def test_cli_missing_input_exits_2(model_dir, tmp_path, capsys):
     code = main(["score", "--model-dir", str(model_dir), "--rule", RULE, "--input", str(missing)])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"rulebert: error: {missing}: file not found"
+
+
+# --- several rules in one pass, and the output format by extension ------------------------------------
+
+
+def test_rules_file_scores_every_rule_in_one_pass(model_dir, scorer, tmp_path, monkeypatch):
+    import rulebert.predict
+
+    rules = tmp_path / "rules.jsonl"
+    rules.write_text(
+        json.dumps({"id": "ads", "text": RULE, "positive_examples": ["buy now"], "negative_examples": ["hi"]})
+        + "\n"
+        + json.dumps({"id": "legal", "text": "No legal advice"})
+        + "\n"
+    )
+    source = tmp_path / "in.csv"
+    with open(source, "w", newline="") as handle:
+        csv.writer(handle).writerows([["body"], *([c] for c in COMMENTS)])
+    loads = []
+    real = rulebert.predict.Scorer
+    monkeypatch.setattr(rulebert.predict, "Scorer", lambda *a, **k: loads.append(1) or real(*a, **k))
+    out = tmp_path / "out.csv"
+    assert main(["score", "--model-dir", str(model_dir), "--rules", str(rules), "--input", str(source),
+                 "--output", str(out), "--no-progress"]) == 0  # fmt: skip
+    assert loads == [1]  # one model load for every rule
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["body", "probability_ads", "probability_legal"]
+    ads = scorer.score(COMMENTS, RULE, positive_examples=[["buy now"]] * 4, negative_examples=[["hi"]] * 4)
+    legal = scorer.score(COMMENTS, "No legal advice")
+    np.testing.assert_allclose([float(r["probability_ads"]) for r in rows], ads, atol=1e-5)
+    np.testing.assert_allclose([float(r["probability_legal"]) for r in rows], legal, atol=1e-5)
+
+
+def test_output_format_follows_the_extension(scorer, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("id,body\n1,=cmd|x\n2,hello there\n")
+    score_stream(scorer, RULE, source, tmp_path / "out.jsonl", progress=False)
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(w["id"], w["body"]) for w in written] == [
+        ("1", "=cmd|x"),
+        ("2", "hello there"),
+    ]  # no CSV quoting
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"body": "=1+1", "n": 1, "tags": ["a"]}\n{"body": "hi", "n": 2, "tags": null}\n')
+    score_stream(scorer, RULE, jsonl, tmp_path / "out.csv", progress=False)
+    rows = list(csv.reader((tmp_path / "out.csv").open()))
+    assert rows[0] == ["body", "n", "tags", "probability"]
+    assert rows[1][:3] == ["'=1+1", "1", '["a"]'] and rows[2][:3] == ["hi", "2", ""]
+    ragged = tmp_path / "ragged.jsonl"
+    ragged.write_text('{"body": "a"}\n{"body": "b", "extra": 1}\n')
+    with pytest.raises(RulebertError, match=r"ragged.jsonl: line 2: key 'extra' is not among the first row"):
+        score_stream(scorer, RULE, ragged, tmp_path / "ragged.csv", progress=False)
+    assert not (tmp_path / "ragged.csv").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.txt", "out"])
+def test_an_output_of_unknown_format_is_refused_before_loading(model_dir, tmp_path, capsys, name):
+    source = tmp_path / "in.csv"
+    source.write_text("body\nhello\n")
+    code = main(["score", "--model-dir", str(tmp_path / "no-model"), "--rule", RULE, "--input", str(source),
+                 "--output", str(tmp_path / name)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "output format unknown" in err and "name the output .csv or .jsonl" in err
+    assert err.count("\n") == 1 and not (tmp_path / name).exists()
+
+
+def test_rules_and_rule_are_exclusive_and_examples_go_with_rule(model_dir, tmp_path, capsys):
+    rules = tmp_path / "rules.jsonl"
+    rules.write_text('{"id": "x", "text": "No x"}\n')
+    with pytest.raises(SystemExit):
+        main(["score", "--model-dir", str(model_dir), "--rule", RULE, "--rules", str(rules), "--input", "-"])
+    code = main(["score", "--model-dir", str(model_dir), "--rules", str(rules), "--examples", str(rules),
+                 "--input", "-"])  # fmt: skip
+    assert code == 2 and "--examples goes with --rule" in capsys.readouterr().err

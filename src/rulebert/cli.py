@@ -209,6 +209,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.input,
         args.output,
         examples_path=args.examples,
+        rules_path=args.rules,
         progress=not args.no_progress,
         raw_csv=args.raw_csv,
     )
@@ -378,10 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="add a probability column to a CSV/JSONL of comments")
     score.add_argument("--model-dir", required=True, type=Path)
-    score.add_argument("--rule", required=True, help="the rule's text")
+    which = score.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rule", help="the rule's text")
+    which.add_argument(
+        "--rules",
+        type=Path,
+        help="RULES.jsonl: every rule in one pass, one probability_<id> column each (with its examples)",
+    )
     score.add_argument("--examples", type=Path, help="CSV/JSONL of text,label (1 = breaks the rule)")
     score.add_argument("--input", required=True, help="CSV/JSONL with a body or comment column; - for stdin")
-    score.add_argument("--output", default="-", help="same format as the input; - (default) for stdout")
+    score.add_argument(
+        "--output",
+        default="-",
+        help="a .csv or .jsonl file (the format follows the extension); - (default) stdout",
+    )
     score.add_argument("--no-progress", action="store_true")
     score.add_argument(
         "--raw-csv",

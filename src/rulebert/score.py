@@ -1,8 +1,10 @@
-"""Score a moderator's file of comments against one rule: CSV or JSONL in, the same format out.
+"""Score a moderator's file of comments against a rule (or a RULES.jsonl of rules): CSV or JSONL in, the
+format the output's extension names out (``-``: the input's).
 
 Rows are streamed in chunks (2,048 by default): a 50k-row file never has more than one chunk's tokens and
 tensors in memory. Every input column/key is kept and a ``probability`` column is added (replaced when it
-is already there). A file output is written atomically; ``-`` means stdin / stdout.
+is already there); with ``--rules``, one ``probability_<id>`` column per rule. A file output is written
+atomically; ``-`` means stdin / stdout.
 
 CSV goes through the ``csv`` module rather than pandas: cells stay the exact strings they were (no
 ``NaN``, no ``1.0`` for ``1``) and a bad byte or row is reported with its line number. One exception, by
@@ -227,9 +229,72 @@ def _open_output(path: str) -> Iterator[IO[str]]:
             yield handle
 
 
+def output_format(output_path: str | os.PathLike, input_format: str) -> str:
+    """The output's format, from its extension (``-``: the input's). Anything else is refused: a
+    ``.json`` or ``.txt`` output would otherwise get rows its readers do not expect."""
+    if str(output_path) == "-":
+        return input_format
+    suffix = Path(output_path).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    shown = repr(suffix) if suffix else "no extension"
+    raise RulebertError(f"{output_path}: output format unknown ({shown}); name the output .csv or .jsonl")
+
+
+@dataclass
+class ScoredRule:
+    """One rule to score every row against, and the column its probabilities go to."""
+
+    column: str
+    text: str
+    examples: Examples = field(default_factory=Examples)
+
+
+def _cell(value: Any) -> str:
+    """A JSON value as a CSV cell: strings as they are, null empty, anything else as JSON."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+class _Output:
+    """Rows out in the output's format, whatever the input's, with the probability columns added (a column
+    already there is replaced in place)."""
+
+    def __init__(self, out: IO[str], fmt: str, header: list[str] | None, columns: list[str], raw_csv: bool):
+        self.out, self.fmt, self.header, self.columns = out, fmt, header, columns
+        self.csv = _CsvRows(out) if fmt == "csv" else None
+        self.cells_out = list if raw_csv else defuse_formulas
+        if header is not None and self.csv is not None:
+            self._start_csv(header)
+
+    def _start_csv(self, header: list[str]) -> None:
+        self.header = header
+        self.out_header = header + [c for c in self.columns if c not in header]
+        self.csv.writerow(self.cells_out(self.out_header))
+
+    def write(self, row: Row, input_header: list[str] | None, values: dict[str, float]) -> None:
+        record = dict(zip(input_header, row.record, strict=True)) if input_header is not None else row.record
+        if self.csv is None:
+            self.out.write(json.dumps({**record, **values}, ensure_ascii=False) + "\n")
+            return
+        if self.header is None:  # JSONL into CSV: the first row's keys are the columns
+            self._start_csv(list(record))
+        extra = [key for key in record if key not in self.header]
+        if extra:
+            raise RulebertError(
+                f"{row.where}: key {extra[0]!r} is not among the first row's keys; CSV needs one set of "
+                "columns (write .jsonl instead)"
+            )
+        cells = {**{k: _cell(v) for k, v in record.items()}, **{k: f"{v:.6f}" for k, v in values.items()}}
+        self.csv.writerow(self.cells_out([cells.get(column, "") for column in self.out_header]))
+
+
 def score_stream(
     scorer: Any,
-    rule: str,
+    rule: str | Sequence[ScoredRule],
     input_path: str | os.PathLike,
     output_path: str | os.PathLike = "-",
     *,
@@ -238,79 +303,97 @@ def score_stream(
     progress: bool = True,
     raw_csv: bool = False,
 ) -> int:
-    """Score every row of ``input_path`` against ``rule`` with a loaded ``Scorer``; return the row count.
+    """Score every row of ``input_path`` against ``rule`` (its text, with ``examples``; or several
+    :class:`ScoredRule`, one column each) with a loaded ``Scorer``; return the row count.
 
-    CSV cells that would run as spreadsheet formulas get a leading ``'`` unless ``raw_csv``.
+    The output's format follows its extension (:func:`output_format`). CSV cells that would run as
+    spreadsheet formulas get a leading ``'`` unless ``raw_csv``.
     """
     from tqdm.auto import tqdm
 
-    if not rule.strip():
-        raise RulebertError("--rule: empty rule text")
-    examples = examples or Examples()
+    if isinstance(rule, str):
+        if not rule.strip():
+            raise RulebertError("--rule: empty rule text")
+        rule = [ScoredRule(PROBABILITY, rule, examples or Examples())]
+    scored = list(rule)
     count = 0
-    with (
-        _open_binary(str(input_path)) as (handle, fmt, name),
-        _open_output(str(output_path)) as out,
-        tqdm(desc="score", unit="row", file=sys.stderr, disable=not progress) as bar,
-    ):
-        if fmt == "csv":
-            header, rows = _csv_rows(handle, name, TEXT_COLUMNS)
-            writer = _CsvRows(out)
-            cells_out = list if raw_csv else defuse_formulas
-            has_probability = PROBABILITY in header
-            writer.writerow(cells_out(header if has_probability else [*header, PROBABILITY]))
-        else:
-            rows = _jsonl_rows(handle, name, TEXT_COLUMNS)
-        for chunk in _chunks(_checked(rows), chunk_rows):
-            n = len(chunk)
-            has_subreddit = any(r.subreddit is not None for r in chunk)
-            subreddits = [r.subreddit or "" for r in chunk] if has_subreddit else None
-            probabilities = scorer.score(
-                [r.body for r in chunk],
-                [rule] * n,
-                subreddits,
-                positive_examples=[examples.positive] * n,
-                negative_examples=[examples.negative] * n,
-            )
-            for row, p in zip(chunk, probabilities, strict=True):
-                value = round(float(p), 6)
-                if fmt == "csv":
-                    cells = list(row.record)
-                    if has_probability:
-                        cells[header.index(PROBABILITY)] = f"{value:.6f}"
-                    else:
-                        cells.append(f"{value:.6f}")
-                    writer.writerow(cells_out(cells))
-                else:
-                    out.write(json.dumps({**row.record, PROBABILITY: value}, ensure_ascii=False) + "\n")
-            count += n
-            bar.update(n)
+    with _open_binary(str(input_path)) as (handle, fmt, name):
+        out_fmt = output_format(output_path, fmt)
+        header, rows = _csv_rows(handle, name, TEXT_COLUMNS) if fmt == "csv" else (None, None)
+        rows = rows if rows is not None else _jsonl_rows(handle, name, TEXT_COLUMNS)
+        with (
+            _open_output(str(output_path)) as out,
+            tqdm(desc="score", unit="row", file=sys.stderr, disable=not progress) as bar,
+        ):
+            writer = _Output(out, out_fmt, header, [r.column for r in scored], raw_csv)
+            for chunk in _chunks(_checked(rows), chunk_rows):
+                n = len(chunk)
+                has_subreddit = any(r.subreddit is not None for r in chunk)
+                subreddits = [r.subreddit or "" for r in chunk] if has_subreddit else None
+                columns = {
+                    target.column: scorer.score(
+                        [r.body for r in chunk],
+                        [target.text] * n,
+                        subreddits,
+                        positive_examples=[target.examples.positive] * n,
+                        negative_examples=[target.examples.negative] * n,
+                    )
+                    for target in scored
+                }
+                for i, row in enumerate(chunk):
+                    writer.write(row, header, {c: round(float(p[i]), 6) for c, p in columns.items()})
+                count += n
+                bar.update(n)
     if count == 0:
         print(f"rulebert: warning: {name}: no data rows", file=sys.stderr)
     return count
 
 
+def rules_to_score(path: str | os.PathLike) -> list[ScoredRule]:
+    """RULES.jsonl as one ``probability_<id>`` column per rule, each with its examples."""
+    from rulebert.rules import read_rules_jsonl
+
+    return [
+        ScoredRule(
+            f"{PROBABILITY}_{r.id}", r.text, Examples(list(r.positive_examples), list(r.negative_examples))
+        )
+        for r in read_rules_jsonl(path)
+    ]
+
+
 def score_file(
     model_dir: str | os.PathLike,
-    rule: str,
+    rule: str | None,
     input_path: str | os.PathLike,
     output_path: str | os.PathLike = "-",
     *,
     examples_path: str | os.PathLike | None = None,
+    rules_path: str | os.PathLike | None = None,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
     raw_csv: bool = False,
 ) -> int:
-    """Load ``model_dir`` once and stream ``input_path`` through it (see :func:`score_stream`)."""
+    """Load ``model_dir`` once and stream ``input_path`` through it (see :func:`score_stream`): against
+    ``rule`` (with the examples of ``examples_path``), or every rule of ``rules_path`` (RULES.jsonl)."""
     from rulebert.predict import Scorer
 
+    if (rule is None) == (rules_path is None):
+        raise RulebertError("give either --rule or --rules")
+    if rules_path is not None and examples_path is not None:
+        raise RulebertError("--examples goes with --rule; with --rules each rule carries its examples")
     if str(input_path) != "-" and not Path(input_path).is_file():  # fail before the model loads
         raise RulebertError(f"{input_path}: file not found")
+    if str(output_path) != "-":
+        output_format(output_path, "csv")
+    if rules_path is not None:
+        target: str | list[ScoredRule] = rules_to_score(rules_path)
+    else:
+        target = rule
     examples = read_examples(examples_path) if examples_path is not None else None
     scorer = Scorer(model_dir)
     return score_stream(
         scorer,
-        rule,
+        target,
         input_path,
         output_path,
         examples=examples,
