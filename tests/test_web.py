@@ -61,15 +61,20 @@ def server(model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
+    with sync_api.sync_playwright() as playwright:  # one per thread: every test shares it
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 900})
-        page.goto(server.url + "/")
-        page.wait_for_function("document.getElementById('model').textContent.includes('threshold')")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server.url + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('threshold')")
+    return page
 
 
 def test_page_scores_comments_sorted_with_the_threshold_marked(server, page, threshold, tmp_path):
@@ -118,3 +123,40 @@ def test_page_reports_a_rejected_request(page):
     page.click("#score")
     page.wait_for_function("document.getElementById('status').className === 'error'")
     assert "text" in page.text_content("#status")
+
+
+def test_page_stores_rules_and_shows_the_mode(model_dir, browser, tmp_path):
+    """With --state-dir the page lists stored rules, saves the form as a rule, loads a rule back into the
+    form, and says how every score was made: a visible warning when the rule is zero-shot."""
+    args = ("--state-dir", str(tmp_path / "state"))
+    with start_server(model_dir, tmp_path / "server.log", extra_args=args) as server:
+        httpx.put(f"{server.url}/v1/rules/ads", json={"text": RULE}).raise_for_status()
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("#rulelist li[data-id='ads']")
+        assert "(zero-shot; 0+ / 0-)" in page.text_content("#rulelist")
+
+        page.fill("#rule", "No medical advice")
+        page.fill("#comments", "take two pills\nnice weather today")
+        page.click("#score")
+        page.wait_for_function("document.getElementById('mode').dataset.mode === 'zero-shot'")
+        assert page.is_visible("#mode") and "warning" in page.get_attribute("#mode", "class")
+        assert "these scores are a guess" in page.text_content("#mode")
+
+        page.fill("#positive", "take 200mg of sertraline\nask for xanax")
+        page.fill("#negative", "I like pizza\nthe river is cold")
+        page.fill("#ruleid", "medical")
+        page.click("#save")
+        page.wait_for_selector("#rulelist li[data-id='medical']")
+        stored = httpx.get(f"{server.url}/v1/rules/medical").json()
+        assert stored["positive_examples"] == ["take 200mg of sertraline", "ask for xanax"]
+        assert "(examples; 2+ / 2-)" in page.text_content("#rulelist li[data-id='medical']")
+        page.click("#score")
+        page.wait_for_function("document.getElementById('mode').dataset.mode === 'examples'")
+        assert "warning" not in (page.get_attribute("#mode", "class") or "")
+
+        page.fill("#rule", "")
+        page.click("#rulelist li[data-id='medical'] button")
+        assert page.input_value("#rule") == "No medical advice"
+        assert page.input_value("#negative") == "I like pizza\nthe river is cold"
+        page.close()
