@@ -6,14 +6,15 @@ DATA   ?= ../shared/data/jigsaw-agile-community-rules
 OUT    ?= runs/competition
 RUN_ARGS ?=
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test lint bench venv wheelhouse clean
 
-# The venv is rebuilt when pyproject.toml changes. torch==2.13.0 is pinned there: pip takes the CPU
-# build from the local wheel folder instead of pulling a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# The venv is rebuilt when pyproject.toml or constraints.txt changes. pyproject.toml accepts any torch>=2.6;
+# constraints.txt pins torch==2.13.0 here: pip takes the CPU build from the local wheel folder instead of
+# pulling a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -37,5 +38,52 @@ lint: venv
 bench: venv
 	$(PY) benchmarks/bench_speed.py
 
+# For an offline Kaggle notebook, which has torch: rulebert's wheel and one wheel per dependency except torch
+# (and what only torch needs), at the versions installed in .venv (those the tests ran with). There:
+#   pip install --no-index --find-links WHEELHOUSE rulebert
+# WHEELHOUSE_EXTRAS="serve" adds an extra's wheels; WHEELHOUSE_TARGET="--python-version 3.12" (with
+# --platform if need be) fetches wheels for another Python than .venv's.
+WHEELHOUSE ?= dist/wheelhouse
+WHEELHOUSE_EXTRAS ?=
+WHEELHOUSE_TARGET ?=
+comma := ,
+
+# Prints name==version for every distribution that rulebert (with the extras given as arguments) needs,
+# read from .venv's installed metadata, not descending into torch.
+define WHEELHOUSE_PINS
+import sys
+from importlib.metadata import distribution
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+pins, seen, todo = {}, set(), [("rulebert", frozenset(sys.argv[1:]))]
+while todo:
+    name, extras = todo.pop()
+    if (canonicalize_name(name), extras) in seen:
+        continue
+    seen.add((canonicalize_name(name), extras))
+    dist = distribution(name)
+    pins[canonicalize_name(dist.metadata["Name"])] = dist.version
+    for line in dist.requires or []:
+        req = Requirement(line)
+        wanted = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *extras))
+        if wanted and canonicalize_name(req.name) != "torch":
+            todo.append((req.name, frozenset(req.extras)))
+del pins["rulebert"]
+print("\n".join(f"{n}=={v}" for n, v in sorted(pins.items())))
+endef
+export WHEELHOUSE_PINS
+
+# rulebert's wheel is built from a copy of the tree: setuptools would leave build/ and stale files behind.
+wheelhouse: venv
+	rm -rf $(WHEELHOUSE)
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -c "$$WHEELHOUSE_PINS" $(subst $(comma), ,$(WHEELHOUSE_EXTRAS)) > $(WHEELHOUSE)/requirements.txt
+	tmp=$$(mktemp -d) && cp -r pyproject.toml README.md src "$$tmp" && rm -rf "$$tmp"/src/*.egg-info && \
+	  $(PY) -m pip wheel -q --no-deps --no-build-isolation -w "$(abspath $(WHEELHOUSE))" "$$tmp"; \
+	  status=$$?; rm -rf "$$tmp"; exit $$status
+	$(PY) -m pip download -q --no-deps --only-binary=:all: $(WHEELHOUSE_TARGET) -d $(WHEELHOUSE) \
+	  -r $(WHEELHOUSE)/requirements.txt
+	@echo "$(WHEELHOUSE): $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1)"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache dist

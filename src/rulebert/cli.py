@@ -179,6 +179,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from importlib.util import find_spec
+
+    missing = [name for name in ("fastapi", "uvicorn") if find_spec(name) is None]
+    if missing:  # the `serve` extra; a core install (e.g. a Kaggle notebook's) lacks it
+        raise RulebertError(f"serving needs `pip install rulebert[serve]` (missing: {', '.join(missing)})")
     _quiet_libraries()
     from rulebert.http_guard import read_api_key
     from rulebert.serve import run_server

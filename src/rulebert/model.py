@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from rulebert.calibrate import Calibrator
+from rulebert.card import write_card
 from rulebert.config import DEFAULT_MODEL, TrainConfig
 from rulebert.errors import RulebertError
 from rulebert.files import sha256_file, write_json_atomic
@@ -42,6 +43,7 @@ ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 ONNX_RECORD = "onnx.json"  # each ONNX file's SHA-256 and the weights it was exported from
 EMBEDDER_FILE = "embedder.int8.onnx"  # sentence embeddings of the base checkpoint, for a rule's examples
+CARD_FILE = "README.md"  # the model card (rulebert.card): base model, data, metrics, how to load it
 FORMAT_VERSION = 1
 LABELS = {0: "ok", 1: "violation"}
 VALIDATION_SCOPE = (
@@ -51,8 +53,8 @@ VALIDATION_SCOPE = (
 )
 _HEAD_NAMES = ("classifier", "score")  # what HF calls the task head in BERT-, RoBERTa-, DeBERTa-, GPT-likes
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-# Saved files that do not change a score, so are not hashed: metrics.json (a threshold a user may move).
-_UNHASHED = (METRICS_FILE,)
+# Saved files that change no score, so are not hashed: metrics.json (a threshold a user may move), the card.
+_UNHASHED = (METRICS_FILE, CARD_FILE)
 # Files that a loader reads when they are there: in a dir that records files_sha256, each must be listed.
 _SCORED_FILES = (
     "config.json",
@@ -234,7 +236,7 @@ def save_model_dir(
     metrics: dict[str, Any],
     extra_files: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a trained model as an HF folder plus ``rulebert.json`` and ``metrics.json``.
+    """Save a trained model as an HF folder plus ``rulebert.json``, ``metrics.json`` and a ``README.md`` card.
 
     Everything is written into a temp dir inside ``output_dir`` first and moved into place file by file,
     ``rulebert.json`` (with the weights' hashes) last: a crash leaves no dir that looks finished.
@@ -264,6 +266,8 @@ def save_model_dir(
             "files_sha256": files,  # config, tokenizer files, calibration: all else that changes a score
             "labels": {str(k): v for k, v in LABELS.items()},
         }
+        names = {"record": RECORD_FILE, "metrics": METRICS_FILE, "calibration": CALIBRATION_FILE}
+        write_card(staging / CARD_FILE, output_dir / CARD_FILE, record, metrics, VALIDATION_SCOPE, names)
         (output_dir / RECORD_FILE).unlink(missing_ok=True)  # the old model is no longer whole from here on
         for path in sorted(staging.iterdir()):
             os.replace(path, output_dir / path.name)
