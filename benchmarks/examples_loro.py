@@ -72,7 +72,7 @@ def main() -> None:
             ]
             if (model_dir / "checkpoints").is_dir():  # an interrupted run of this script: go on with it
                 cmd.append("--resume")
-            subprocess.run(cmd, check=True)
+            subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout is the table
         if find_embedder(model_dir) is None:  # a model dir from before embedders were exported
             from rulebert.export import export_embedder
 
