@@ -13,9 +13,10 @@ PACKAGE = Path(rulebert.__file__).parent
 LAYERS = [
     ["_version", "errors", "files", "config"],  # foundations
     ["data", "text", "metrics", "calibrate", "examples", "rules"],  # domain, no torch
-    ["integrity", "card", "model", "checkpoints", "backends"],  # model files and runtime
+    ["integrity", "card", "model", "checkpoints", "backends", "trainer"],  # model files and runtime
     ["report", "train", "predict", "export", "evaluate", "adapt"],  # use cases
-    ["http_guard", "http_validation", "http_schema", "serve_state", "pipeline", "score", "serve", "cli"],  # front ends
+    # front ends:
+    ["http_guard", "http_validation", "http_schema", "serve_state", "pipeline", "score", "serve", "cli"],
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

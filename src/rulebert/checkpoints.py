@@ -86,6 +86,8 @@ class CheckpointingTrainer(Trainer):
         if self.args.should_save:  # the same step can be saved twice (step end, then epoch end)
             (folder / COMPLETE_MARKER).unlink(missing_ok=True)
         super()._save_checkpoint(model, trial)
+        # Under torchrun each process writes its own rng_state_RANK.pth: mark the folder once all have.
+        self.accelerator.wait_for_everyone()
         if self.args.should_save and folder.is_dir():
             mark_complete(folder, self.checkpoint_record)
 
@@ -210,7 +212,8 @@ def claim_checkpoints(folder: str | os.PathLike, *, fresh: bool) -> None:
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:
     record = json.loads(json.dumps(record, default=str))  # as the marker stores it (tuples -> lists, ...)
     config = {k: v for k, v in record.get("config", {}).items() if k not in _IGNORED_SETTINGS}
-    return {"config": config, "data": record.get("data")}
+    # the number of processes sets the global batch, so where a resumed run picks up (markers without: 1)
+    return {"config": config, "data": record.get("data"), "world_size": record.get("world_size", 1)}
 
 
 def resume_checkpoint(folder: str | os.PathLike, record: dict[str, Any], *, cleanup: bool) -> Path | None:
@@ -225,7 +228,7 @@ def resume_checkpoint(folder: str | os.PathLike, record: dict[str, Any], *, clea
     stored = json.loads((newest / COMPLETE_MARKER).read_text(encoding="utf-8"))
     if _comparable(stored) != _comparable(record):
         raise RulebertError(
-            f"{newest}: this checkpoint was made with other settings or data; resume with the same "
-            "options and files, or start over with --overwrite"
+            f"{newest}: this checkpoint was made with other settings or data (or another number of "
+            "processes); resume with the same options, files and processes, or start over with --overwrite"
         )
     return newest

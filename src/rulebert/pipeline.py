@@ -51,6 +51,8 @@ def run_competition(
         resume=resume,
         progress=progress,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 alone scores and writes the outputs
+        return {"model_dir": str(result.output_dir), "submission": None, **result.metrics}
     # The model dir now holds a new model: an older run's submission and report no longer describe it, and
     # must not survive if scoring fails below (a stale submission.csv looks like this run's result).
     for stale in (SUBMISSION_FILE, REPORT_FILE):

@@ -23,12 +23,10 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from rulebert import data as D
-from rulebert.backends import inference_bf16, predict_features, training_bf16, violation_probability
+from rulebert.backends import predict_features, training_bf16, violation_probability
 from rulebert.calibrate import CalibratedValidation, calibrate_fit
 from rulebert.checkpoints import (
-    CheckpointingTrainer,
     SaveEveryStepsCallback,
-    SeededLengthGroupedSampler,
     claim_checkpoints,
     clear_checkpoints,
     complete_checkpoints,
@@ -49,54 +47,9 @@ from rulebert.model import (
 )
 from rulebert.report import write_model_report, write_predictions_csv
 from rulebert.text import encode_frame
+from rulebert.trainer import RowDataset, RulebertTrainer
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-class RowDataset(torch.utils.data.Dataset):
-    """Tokenised rows (unpadded) with their labels, as the Trainer wants them."""
-
-    def __init__(self, features: list[dict[str, list[int]]], labels: np.ndarray) -> None:
-        self.features, self.labels = features, labels
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.features[index], "labels": int(self.labels[index])}
-
-
-class RulebertTrainer(CheckpointingTrainer):
-    """The stock Trainer, but evaluation reads rows in order, so predictions line up with their rules
-    (per-rule AUC needs that; transformers 5 otherwise length-groups evaluation batches too); training
-    batches are length-grouped in an order seeded per epoch (resumable mid-epoch); checkpoints are marked
-    complete once written (see :mod:`rulebert.checkpoints`)."""
-
-    def _get_eval_sampler(self, eval_dataset: torch.utils.data.Dataset) -> torch.utils.data.Sampler:
-        return torch.utils.data.SequentialSampler(eval_dataset)
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return SeededLengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            dataset=dataset,
-            model_input_name=self.processing_class.model_input_names[0],
-            seed=self.args.data_seed,
-        )
-
-    def prediction_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        """Evaluate at the precision a :class:`~rulebert.predict.Scorer` will score with on this device, so
-        the metrics saved with a model are those its predictions reproduce. With bf16 on a CPU, training
-        runs under autocast (accelerate wraps ``model.forward``) but a CPU scorer computes in fp32."""
-        original = getattr(model, "_original_forward", None)
-        if original is None or inference_bf16(model.device.type):
-            return super().prediction_step(model, inputs, *args, **kwargs)
-        wrapped = model.forward
-        model.forward = original
-        try:
-            return super().prediction_step(model, inputs, *args, **kwargs)
-        finally:
-            model.forward = wrapped
 
 
 def _rows_digest(rows: pd.DataFrame) -> str:
@@ -188,10 +141,17 @@ def fit_rows(
     def compute_metrics(prediction: Any) -> dict[str, float]:
         probabilities = violation_probability(prediction.predictions)
         metrics = classification_metrics(prediction.label_ids, probabilities, val_rules)
-        return {k: v for k, v in metrics.items() if isinstance(v, float)}
+        # The loss as the mean over the rows, in place of the Trainer's (a mean of batch means, which under
+        # torchrun counts the rows repeated to pad the last batch, whose predictions it does drop).
+        logits, labels = np.asarray(prediction.predictions, dtype=np.float64), prediction.label_ids
+        losses = np.logaddexp(logits[:, 0], logits[:, 1]) - logits[np.arange(len(labels)), labels]
+        return {**{k: v for k, v in metrics.items() if isinstance(v, float)}, "loss": float(losses.mean())}
 
     on_gpu = torch.cuda.is_available()
     use_bf16 = training_bf16(config.bf16)
+    # Told use_cpu, transformers runs bf16 autocast on a CPU, and under torchrun / accelerate launch without
+    # CUDA forms a gloo process group: without it each process would train alone, all of them as rank 0.
+    use_cpu = not on_gpu and (use_bf16 or int(os.environ.get("WORLD_SIZE", "1")) > 1)
     args = TrainingArguments(
         output_dir=str(work_dir / CHECKPOINT_DIR),
         num_train_epochs=config.epochs,
@@ -203,7 +163,7 @@ def fit_rows(
         seed=config.seed,
         data_seed=config.seed,
         bf16=use_bf16,
-        use_cpu=use_bf16 and not on_gpu,  # transformers only runs bf16 autocast on a CPU when told use_cpu
+        use_cpu=use_cpu,
         train_sampling_strategy="group_by_length",  # similar lengths share a batch: less padding
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch",
@@ -217,6 +177,10 @@ def fit_rows(
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
     )
+    if args.distributed_state is not None:  # (the process group is up: TrainingArguments started it)
+        # Under torchrun every process is past train_model's checks of the output dir before rank 0 writes
+        # into it: the Trainer makes the checkpoints folder, and rank 0 claims it below.
+        args.distributed_state.wait_for_everyone()
     trainer = RulebertTrainer(
         model=model,
         args=args,
@@ -225,19 +189,26 @@ def fit_rows(
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
         compute_metrics=compute_metrics if has_val else None,
-        callbacks=[*(callbacks or []), *([SaveEveryStepsCallback(config.save_steps)] if config.save_steps else [])],
+        callbacks=[
+            *(callbacks or []),
+            *([SaveEveryStepsCallback(config.save_steps)] if config.save_steps else []),
+        ],
         checkpoint_record={
             "config": config.to_dict(),
             "data": {"train_rows": _rows_digest(train_rows), "val_rows": _rows_digest(val_rows)},
+            "world_size": args.world_size,  # other process counts batch (and so resume) differently
         },
     )
     checkpoint = None
-    if resume:  # the newest checkpoint marked complete; half-written ones are deleted
-        checkpoint = resume_checkpoint(
-            args.output_dir, trainer.checkpoint_record, cleanup=trainer.is_world_process_zero()
-        )
-    elif trainer.is_world_process_zero():  # a fresh run: no stale checkpoints to mix in (only rulebert's go)
-        claim_checkpoints(args.output_dir, fresh=True)
+    # Under torchrun only rank 0 changes the checkpoints folder; the others look for a checkpoint to resume
+    # once it is done.
+    with args.main_process_first(local=False, desc="claiming the checkpoints folder"):
+        if trainer.is_world_process_zero():  # fresh: no stale checkpoints to mix in (only rulebert's go)
+            claim_checkpoints(args.output_dir, fresh=not resume)
+        if resume:  # the newest checkpoint marked complete; half-written ones are deleted
+            checkpoint = resume_checkpoint(
+                args.output_dir, trainer.checkpoint_record, cleanup=trainer.is_world_process_zero()
+            )
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
 
@@ -263,6 +234,7 @@ def fit_rows(
         ),
         "device": "cuda" if on_gpu else "cpu",
         "bf16": use_bf16,  # what --bf16 auto resolved to on this machine
+        "world_size": trainer.args.world_size,  # processes trained together (torchrun / accelerate launch)
     }
     # Drop accelerate's autocast wrapper: from here on the model scores as a Scorer would (predict_features
     # applies bf16 itself where the device calls for it).
@@ -365,8 +337,6 @@ def train_model(
             "--output-dir, or pass --overwrite to save the model into it (its other files are kept)"
         )
     rows, fingerprint = prepare_rows(config, train_path, test_path)
-    if resume:
-        claim_checkpoints(checkpoint_dir, fresh=False)
     if not overwrite and not resume:
         check_output_dir(output_dir, config, fingerprint)
         if read_record(output_dir) is None and complete_checkpoints(output_dir / CHECKPOINT_DIR):
@@ -389,6 +359,7 @@ def train_model(
         )
         if not keep_checkpoints:
             clear_checkpoints(checkpoint_dir)
+    fit.trainer.accelerator.wait_for_everyone()  # under torchrun all processes return once the model is saved
     return TrainResult(output_dir=output_dir, metrics=fit.metrics)
 
 
