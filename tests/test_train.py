@@ -169,3 +169,62 @@ def test_bf16_training_on_a_cpu_reports_what_the_saved_model_scores(
     labels = val[D.LABEL].to_numpy()
     loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log(np.clip(1 - p, 1e-7, 1)))
     assert result.metrics["epochs"][-1]["loss"] == pytest.approx(loss, abs=1e-5)
+
+
+# --- fast by default: the int8 ONNX file is written and checked by training ----------------------------
+
+
+def test_training_checks_the_int8_file_against_torch(trained):
+    """The tiny random model quantises badly (its AUC drops by ~0.03): the check must then drop the file."""
+    folder, _config, result = trained
+    out = folder / "model"
+    check = json.loads((out / METRICS_FILE).read_text())["onnx_int8"]
+    assert check == result.metrics["onnx_int8"]
+    assert check["rows"] == result.metrics["validation_rows"] > 0
+    close = check["col_auc_torch"] - check["col_auc_int8"] <= check["tolerance"]
+    assert check["written"] is close is (out / "model.int8.onnx").is_file()
+    assert close or "tolerance" in check["reason"]
+    assert Scorer(out).backend == ("onnx-int8" if close else "torch")
+
+
+def test_training_writes_an_int8_file_that_scoring_uses(tiny_checkpoint, data_dir, tmp_path, monkeypatch):
+    import rulebert.export
+
+    monkeypatch.setattr(rulebert.export, "INT8_AUC_TOLERANCE", 1.0)  # the tiny model passes any check
+    result = train_model(
+        tiny_config(tiny_checkpoint, epochs=1), data_dir / "train.csv", tmp_path / "m", progress=False
+    )
+    assert result.metrics["onnx_int8"]["written"] is True and (tmp_path / "m" / "model.int8.onnx").is_file()
+    scorer = Scorer(tmp_path / "m")  # auto, on a CPU: the int8 file
+    assert scorer.backend == "onnx-int8"
+    texts, rules = ["buy cheap now", "nice movie"], ["No advertising"] * 2
+    torch = Scorer(tmp_path / "m", backend="torch")
+    torch.calibrator = scorer.calibrator = None  # raw scores: the tiny model's Platt slope is in the 1000s
+    np.testing.assert_allclose(scorer.score(texts, rules), torch.score(texts, rules), atol=0.01)
+
+
+def test_no_export_writes_no_int8_file(tiny_checkpoint, data_dir, tmp_path):
+    config = tiny_config(tiny_checkpoint, epochs=1)
+    result = train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False, export_int8=False)
+    assert not (tmp_path / "m" / "model.int8.onnx").exists() and "onnx_int8" not in result.metrics
+    assert Scorer(tmp_path / "m").backend == "torch"
+
+
+def test_an_int8_file_that_ranks_differently_is_not_kept(trained, tmp_path, monkeypatch):
+    import shutil
+
+    import rulebert.export
+    from rulebert.model import read_onnx_record
+
+    folder, _config, _result = trained
+    model = shutil.copytree(folder / "model", tmp_path / "model")
+    monkeypatch.setattr(rulebert.export, "INT8_AUC_TOLERANCE", -1.0)  # no int8 file can be this good
+    scorer = Scorer(model, backend="torch")
+    texts = ["buy cheap now", "nice movie", "click for a discount", "my family dog"]
+    features = scorer.encode(texts, ["No advertising"] * 4)
+    check = rulebert.export.export_int8_checked(
+        model, features, scorer.score(texts, ["No advertising"] * 4), [1, 0, 1, 0], ["r"] * 4
+    )
+    assert check["written"] is False and "tolerance -1.0" in check["reason"]
+    assert not (model / "model.int8.onnx").exists() and "model.int8.onnx" not in read_onnx_record(model)
+    assert Scorer(model).backend == "torch"

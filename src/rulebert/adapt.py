@@ -166,6 +166,7 @@ def adapt_model(
     overwrite: bool = False,
     progress: bool = True,
     on_progress: Progress | None = None,
+    export_int8: bool = True,
 ) -> AdaptResult:
     """Fine-tune the model in ``model_dir`` on ``rules``' examples; write the adapted one to
     ``output_dir``."""
@@ -203,6 +204,7 @@ def adapt_model(
             base_model=base_model,
             data=_lineage(source_dir, record, rules, len(rows)),
             export_embedder=False,
+            export_int8=export_int8,
             inherited=_inherited(source_dir),
         )
         _add_embedder(source_dir, staging, base_model)

@@ -143,3 +143,54 @@ def export_embedder(model_dir: str | os.PathLike, checkpoint: str) -> Path:
         {"role": "embedder", "source": checkpoint, "int8": True, "opset": OPSET, "inputs": names},
     )
     return target
+
+
+INT8_AUC_TOLERANCE = 0.005
+"""How far the int8 file's column-averaged AUC may fall from the torch model's on the same rows."""
+
+
+def export_int8_checked(
+    model_dir: str | os.PathLike,
+    features: list[dict[str, list[int]]],
+    torch_scores: Any,
+    labels: Any,
+    rules: Any,
+) -> dict[str, Any]:
+    """Export ``model.int8.onnx`` and keep it only if it ranks ``features`` as the torch model did
+    (``torch_scores``): column-averaged AUC within :data:`INT8_AUC_TOLERANCE`, or, where the rows have one
+    label only, a rank correlation of at least 0.99. Otherwise the file is removed (scoring falls back to
+    torch). Returns what was measured, for ``metrics.json``."""
+    import math
+
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from rulebert.backends import OnnxBackend
+    from rulebert.files import write_json_atomic
+    from rulebert.metrics import column_averaged_auc
+    from rulebert.model import ONNX_RECORD, read_onnx_record
+
+    path = export_onnx(model_dir, int8=True)
+    int8_scores = OnnxBackend(path, threads=None).predict(features) if features else np.zeros(0)
+    torch_scores, labels, rules = np.asarray(torch_scores), np.asarray(labels), np.asarray(rules)
+    check: dict[str, Any] = {"file": path.name, "rows": len(features), "tolerance": INT8_AUC_TOLERANCE}
+    auc_torch = column_averaged_auc(labels, torch_scores, rules)[0] if len(labels) else math.nan
+    auc_int8 = column_averaged_auc(labels, int8_scores, rules)[0] if len(labels) else math.nan
+    if not (math.isnan(auc_torch) or math.isnan(auc_int8)):
+        check |= {"col_auc_torch": round(auc_torch, 5), "col_auc_int8": round(auc_int8, 5)}
+        kept = auc_torch - auc_int8 <= INT8_AUC_TOLERANCE
+        why = f"int8 col. AUC {auc_int8:.4f} vs torch {auc_torch:.4f} (tolerance {INT8_AUC_TOLERANCE})"
+    elif len(features) >= 3:
+        rho = float(spearmanr(torch_scores, int8_scores).statistic)
+        check["spearman"] = round(rho, 5)
+        kept, why = rho >= 0.99, f"rank correlation with torch {rho:.4f} (needs 0.99)"
+    else:
+        kept, why = False, f"only {len(features)} rows to check the int8 file on"
+    check["written"] = bool(kept)
+    if not kept:
+        check["reason"] = why
+        path.unlink(missing_ok=True)
+        entries = read_onnx_record(model_dir)
+        entries.pop(path.name, None)
+        write_json_atomic(Path(model_dir) / ONNX_RECORD, entries)
+    return check

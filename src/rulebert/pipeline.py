@@ -31,6 +31,7 @@ def run_competition(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    export_int8: bool = True,
 ) -> dict[str, Any]:
     """Train on DATA/train.csv (+ DATA/test.csv's examples); write OUT/submission.csv and OUT/report.md.
 
@@ -50,6 +51,7 @@ def run_competition(
         overwrite=overwrite,
         resume=resume,
         progress=progress,
+        export_int8=export_int8,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 alone scores and writes the outputs
         return {"model_dir": str(result.output_dir), "submission": None, **result.metrics}

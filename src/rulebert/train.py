@@ -35,9 +35,11 @@ from rulebert.checkpoints import (
 )
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
+from rulebert.files import write_json_atomic
 from rulebert.metrics import classification_metrics
 from rulebert.model import (
     CALIBRATION_FILE,
+    METRICS_FILE,
     PREDICTIONS_FILE,
     check_output_dir,
     load_checkpoint,
@@ -314,6 +316,7 @@ def train_model(
     progress: bool = True,
     calibration: str = "platt",
     export_embedder: bool = True,
+    export_int8: bool = True,
 ) -> TrainResult:
     """Train on ``train_path`` (+ the example columns of ``test_path``); save the model to ``output_dir``.
 
@@ -356,6 +359,7 @@ def train_model(
             data=fingerprint,
             calibration=calibration,
             export_embedder=export_embedder,
+            export_int8=export_int8,
         )
         if not keep_checkpoints:
             clear_checkpoints(checkpoint_dir)
@@ -372,6 +376,7 @@ def save_fit(
     data: dict[str, Any],
     calibration: str = "platt",
     export_embedder: bool = True,
+    export_int8: bool = True,
     inherited: tuple[Any, dict[str, Any]] | None = None,
 ) -> None:
     """Everything after fine-tuning, shared by :func:`train_model` and :mod:`rulebert.adapt`: calibrate on
@@ -400,3 +405,28 @@ def save_fit(
         _write_validation_report(calibrated, output_dir)
     if export_embedder:
         _export_embedder(output_dir, base_model)
+    if export_int8:
+        metrics["onnx_int8"] = _export_int8(fit, calibrated, output_dir)
+        write_json_atomic(output_dir / METRICS_FILE, metrics)  # metrics.json is not hashed: safe to add to
+
+
+def _export_int8(fit: FitResult, calibrated: CalibratedValidation, model_dir: Path) -> dict[str, Any]:
+    """``model.int8.onnx``, kept only if it ranks the validation rows as the torch model does (see
+    :func:`rulebert.export.export_int8_checked`); without validation rows, up to 512 training rows (the
+    check is of the int8 copy's fidelity, not of generalisation). A failure is a warning: scoring then
+    runs the torch model."""
+    import warnings
+
+    from rulebert.export import export_int8_checked
+
+    features, labels, rules, scores = fit.val_features, calibrated.labels, calibrated.rules, calibrated.scores
+    if not features:
+        train_set = fit.trainer.train_dataset
+        features, labels = train_set.features[:512], train_set.labels[:512]
+        rules = np.zeros(len(features))  # one column: the check needs the ranking, not the rule split
+        scores = predict_features(fit.model, fit.tokenizer, features, progress=False)
+    try:
+        return export_int8_checked(model_dir, features, scores, labels, rules)
+    except Exception as err:  # an exporter or quantiser problem must not lose a trained model
+        warnings.warn(f"{model_dir}: model.int8.onnx not exported ({err})", stacklevel=2)
+        return {"written": False, "reason": " ".join(str(err).split())[:300]}
