@@ -16,7 +16,18 @@ LAYERS = [
     ["integrity", "card", "model", "checkpoints", "backends", "trainer"],  # model files and runtime
     ["report", "train", "predict", "export", "evaluate", "adapt"],  # use cases
     # front ends:
-    ["http_guard", "http_validation", "http_schema", "serve_state", "pipeline", "score", "serve", "cli"],
+    [
+        "http_guard",
+        "http_validation",
+        "http_schema",
+        "serve_state",
+        "pipeline",
+        "score",
+        "score_ray",
+        "serve",
+        "commands",
+        "cli",
+    ],
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

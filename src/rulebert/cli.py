@@ -1,4 +1,5 @@
-"""The ``rulebert`` command: parses arguments and calls the library. Nothing else lives here.
+"""The ``rulebert`` command line: its arguments, and the one place errors become exit codes. What each
+command does is in :mod:`rulebert.commands`.
 
 Heavy libraries (torch, transformers) are imported inside the commands, so ``rulebert --help`` is instant.
 Any :class:`RulebertError` ends the command with one line on stderr and exit code 2, never a traceback.
@@ -8,12 +9,21 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from rulebert._version import __version__
+from rulebert.commands import (
+    cmd_adapt,
+    cmd_evaluate,
+    cmd_export,
+    cmd_predict,
+    cmd_run,
+    cmd_score,
+    cmd_serve,
+    cmd_train,
+)
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
 
@@ -72,202 +82,10 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The flags as a :class:`TrainConfig`, which checks them (a bad value is a one-line error)."""
-    return TrainConfig(
-        model=args.model,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        input_format=args.input_format,
-        include_subreddit=args.include_subreddit,
-        dedupe=args.dedupe,
-        train_rules=args.train_rules,
-        keep=args.keep,
-        bf16=args.bf16,
-        save_steps=args.save_steps,
-    )
-
-
-def _quiet_libraries() -> None:
-    """Keep the transformers' start-up chatter (e.g. 'newly initialized weights') off the terminal."""
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # "Loading weights" / "Writing model shards" bars on every load and checkpoint are noise; rulebert's
-    # own bars (training steps, predict rows) come from tqdm directly and stay.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # Through the environment when transformers is not loaded yet: importing it here would cost seconds
-    # (it pulls in torch) that `rulebert predict` with the ONNX backend never needs.
-    if "transformers" not in sys.modules:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        return
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    config = _config_from_args(args)
-    _quiet_libraries()
-    from rulebert.train import train_model
-
-    result = train_model(
-        config,
-        args.train,
-        args.output_dir,
-        args.test,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    print(
-        json.dumps(
-            {"model_dir": str(result.output_dir), "validation": result.metrics["validation"]}, indent=2
-        )
-    )
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    _quiet_libraries()
-    from rulebert.predict import predict_file
-
-    submission = predict_file(
-        args.model_dir,
-        args.test,
-        args.output,
-        sample_path=args.sample,
-        progress=not args.no_progress,
-        backend=args.backend,
-    )
-    print(f"wrote {len(submission)} rows to {args.output}", file=sys.stderr)
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    _quiet_libraries()
-    from rulebert.export import export_onnx
-
-    path = export_onnx(args.model_dir, int8=args.int8)
-    print(f"wrote {path} (recorded in {path.parent / 'onnx.json'})", file=sys.stderr)
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    config = _config_from_args(args)
-    _quiet_libraries()
-    from rulebert.pipeline import run_competition
-
-    summary = run_competition(
-        args.data_dir,
-        args.output_dir,
-        config,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    print(
-        json.dumps(
-            {k: summary[k] for k in ("model_dir", "submission", "validation", "wall_seconds")}, indent=2
-        )
-    )
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from importlib.util import find_spec
-
-    missing = [name for name in ("fastapi", "uvicorn") if find_spec(name) is None]
-    if missing:  # the `serve` extra; a core install (e.g. a Kaggle notebook's) lacks it
-        raise RulebertError(f"serving needs `pip install rulebert[serve]` (missing: {', '.join(missing)})")
-    _quiet_libraries()
-    from rulebert.http_guard import read_api_key
-    from rulebert.serve import run_server
-
-    api_key = read_api_key(args.api_key_file)  # RULEBERT_API_KEY when there is no file; checked first
-    run_server(
-        args.model_dir,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        api_key=api_key,
-        allowed_hosts=args.allowed_host,
-        max_connections=args.max_connections,
-        request_timeout=args.request_timeout,
-        state_dir=args.state_dir,
-        rules_db=args.rules_db,
-    )
-    return 0
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    _quiet_libraries()
-    from rulebert.score import score_file
-
-    count = score_file(
-        args.model_dir,
-        args.rule,
-        args.input,
-        args.output,
-        examples_path=args.examples,
-        rules_path=args.rules,
-        progress=not args.no_progress,
-        raw_csv=args.raw_csv,
-    )
-    if args.output != "-":
-        print(f"wrote {count} rows to {args.output}", file=sys.stderr)
-    return 0
-
-
-def cmd_adapt(args: argparse.Namespace) -> int:
-    _quiet_libraries()
-    from rulebert.adapt import adapt_model
-    from rulebert.rules import read_rules_jsonl, rules_from_competition
-
-    if args.rules is not None:
-        rules = read_rules_jsonl(args.rules)
-    else:
-        from rulebert.data import read_csv
-
-        rules = rules_from_competition(read_csv(args.test, labelled=False))
-    import contextlib
-
-    with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines: stdout is the JSON summary
-        result = adapt_model(
-            args.model_dir, rules, args.output_dir, overwrite=args.overwrite, progress=not args.no_progress
-        )
-    summary = {
-        "model_dir": str(result.output_dir),
-        "adapted_from": str(args.model_dir),
-        "rules": [rule.id for rule in result.rules],
-        "validation": result.metrics.get("validation"),
-    }
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    config = _config_from_args(args)
-    _quiet_libraries()
-    from rulebert.evaluate import evaluate, markdown_table
-
-    result = evaluate(
-        args.train,
-        args.protocol,
-        args.output_dir,
-        config,
-        folds=args.folds,
-        recipe=args.recipe,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    print(markdown_table(result))
-    print(f"wrote {args.output_dir / 'evaluation.json'} in {result['wall_seconds']} s", file=sys.stderr)
-    return 0
+NO_EXPORT_HELP = (
+    "do not write model.int8.onnx (by default it is written, checked against the torch model on the "
+    "validation rows, and used by predict, score and serve on a CPU)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test", type=Path, help="a test.csv whose example columns become training rows")
     train.add_argument("--output-dir", required=True, type=Path, help="where the model dir is written")
     _add_train_options(train)
+    train.add_argument("--no-export", action="store_true", help=NO_EXPORT_HELP)
     train.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="write row_id,rule_violation for a test CSV")
@@ -309,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--output-dir", required=True, type=Path)
     _add_train_options(run)
+    run.add_argument("--no-export", action="store_true", help=NO_EXPORT_HELP)
     run.set_defaults(func=cmd_run)
 
     evaluate = commands.add_parser("evaluate", help="cross-validate a recipe beside a TF-IDF baseline")
@@ -342,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     adapt.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     adapt.add_argument("--no-progress", action="store_true")
+    adapt.add_argument("--no-export", action="store_true", help=NO_EXPORT_HELP)
     adapt.set_defaults(func=cmd_adapt)
 
     serve = commands.add_parser("serve", help="serve the HTTP API and web page for a model dir")
@@ -398,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="-",
         help="a .csv or .jsonl file (the format follows the extension); - (default) stdout",
     )
+    score.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: --input is a folder or glob of .csv/.jsonl/.parquet shards, --output a folder (one shard "
+        "each, same name and format), scored by Ray actors here or on a cluster (rulebert[ray])",
+    )
+    score.add_argument("--ray-address", metavar="ADDR", help="--engine ray: join this cluster (HEAD:6379)")
+    score.add_argument("--actors", type=int, metavar="N", help="--engine ray: actors (default: CPUs/4)")
     score.add_argument("--no-progress", action="store_true")
     score.add_argument(
         "--raw-csv",
