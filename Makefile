@@ -37,6 +37,7 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/bench_speed.py
+	$(PY) benchmarks/bench_e2e.py
 
 # For an offline Kaggle notebook, which has torch: rulebert's wheel and one wheel per dependency except torch
 # (and what only torch needs), at the versions installed in .venv (those the tests ran with). There:
