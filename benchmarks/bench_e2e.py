@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -71,12 +72,23 @@ def rulebert_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "rulebert.cli"]
 
 
-def run_timed(command: list[str], env: dict[str, str], log_path: Path) -> float:
-    """Wall seconds of ``command`` from start to exit; its output goes to ``log_path``."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_timed(
+    command: list[str], env: dict[str, str], log_path: Path, cpu: list[float] | None = None
+) -> float:
+    """Wall seconds of ``command`` from start to exit; its output goes to ``log_path``. ``cpu`` gets the
+    command's CPU seconds (user + system): CPU / wall says how many cores it had, on average."""
     with open(log_path, "w", encoding="utf-8") as out:
+        before = children_cpu()
         start = time.perf_counter()
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
         seconds = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(children_cpu() - before)
     if done.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{tail}")
@@ -225,6 +237,23 @@ def import_offenders(args: list[str], env: dict[str, str], top: int = 10) -> lis
     return [{"module": "(all imports)", "cumulative_ms": total}, *rows[:top]]
 
 
+def matmul_peaks(device: str, env: dict[str, str]) -> dict[str, float]:
+    """GFLOP/s of a 2048^2 matmul in fp32 and bf16 (``bench_speed.matmul_peak``, physical-core threads), in a
+    fresh process: what the machine gives right now. Taken before and after, it tells runs on a quiet machine
+    from runs on a contended one (the 1-minute load does not see other tenants of the same cores)."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import bench_speed, torch;"
+        "from rulebert.backends import physical_cores; torch.set_num_threads(physical_cores());"
+        "print(json.dumps({d: bench_speed.matmul_peak(sys.argv[2], d, 5) for d in ('float32', 'bfloat16')}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(BENCH_DIR), device], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return {k: round(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
 # --------------------------------------------------------------------------------------------- notebook
 
 
@@ -299,10 +328,10 @@ def predict_runs(
     """``--repeats`` timed runs of one predict command (median wall)."""
     import pandas as pd
 
-    walls, loads = [], []
+    walls, loads, cpu = [], [], []
     for repeat in range(args.repeats):
         loads.append(wait_for_quiet(args.max_load, args.poll, args.wait))
-        walls.append(run_timed(command, env, work / "predict.log"))
+        walls.append(run_timed(command, env, work / "predict.log", cpu))
         log(f"predict {label} run {repeat + 1}: {walls[-1]:.2f} s (load {loads[-1]['load_1min']})")
     said = re.search(r"predict backend: (\S+)", (work / "predict.log").read_text(encoding="utf-8"))
     scores = pd.read_csv(out)["rule_violation"].to_numpy()
@@ -311,6 +340,8 @@ def predict_runs(
         "backend": said.group(1) if said else "?",
         "wall_s": wall,
         "walls": walls,
+        "cpu_s": cpu,
+        "cores_used": [c / w for c, w in zip(cpu, walls, strict=True)],
         "rows": len(scores),
         "rows_per_s": len(scores) / wall,
         "load": loads,
@@ -323,7 +354,8 @@ def train_step(rulebert: list[str], train_csv: Path, model_dir: Path, args: Any,
     command += ["--no-progress", *(["--epochs", f"{args.epochs:g}"] if args.epochs else [])]
     load = wait_for_quiet(args.max_load, args.poll, args.wait)
     log(f"train: {' '.join(command[1:])} (load {load['load_1min']})")
-    wall = run_timed(command, env, model_dir.parent / "train.log")
+    cpu: list[float] = []
+    wall = run_timed(command, env, model_dir.parent / "train.log", cpu)
     metrics = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
     record = json.loads((model_dir / "rulebert.json").read_text(encoding="utf-8"))
     epochs = float(record["config"]["epochs"])
@@ -343,6 +375,8 @@ def train_step(rulebert: list[str], train_csv: Path, model_dir: Path, args: Any,
         "onnx_int8_written": (model_dir / "model.int8.onnx").is_file(),
         "onnx_int8": onnx,
         "load": load,
+        "cpu_s": cpu[0],
+        "cores_used": cpu[0] / wall,
     }
     log(f"  {wall:.1f} s, {train['rows_per_s']:.2f} rows/s, int8 written: {train['onnx_int8_written']}")
     return train
@@ -375,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         train_csv, test_csv = make_inputs(data_dir, work, args.train_rows, args.test_rows)
         model_dir = work / "model"
 
+        report["matmul_peak_gflops_before"] = matmul_peaks(device, env)
+        log(f"matmul peak GFLOP/s before: {report['matmul_peak_gflops_before']}")
+
         # 1. train (or a given model dir, copied without ONNX files the training did not check)
         if args.model_dir:
             shutil.copytree(args.model_dir, model_dir)
@@ -400,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
             # Training did not keep model.int8.onnx (its fidelity check failed, or --no-export): measure the
             # int8 path anyway, with the file written by `rulebert export --int8` (unchecked), said so.
             log("model.int8.onnx not kept by training: `rulebert export --int8` for the ONNX rows")
-            profiles["auto as trained"] = profile_predict(model_dir, test_csv, work, env, args)
+            if not args.quick:
+                profiles["auto as trained"] = profile_predict(model_dir, test_csv, work, env, args)
             export = [*rulebert, "export", "--model-dir", str(model_dir), "--int8"]
             report["export_int8_wall_s"] = run_timed(export, env, work / "export.log")
             runs["onnx-int8 (exported)"] = predict_runs(
@@ -431,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         report["notebook"] = notebook_rates(
             data_dir, model_dir, device, args.notebook_steps, args.notebook_rows, args.notebook_repeats, args
         )
+        report["matmul_peak_gflops_after"] = matmul_peaks(device, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -464,10 +503,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"notebook: steady-state rows/s on {notebook['train_rows']} train rows / {notebook['predict_rows']} "
         f"predict rows (median of {len(notebook['train_runs'])}, {notebook['threads']} threads, load "
         + "/".join(str(load["load_1min"]) for load in notebook["load"])
-        + "), its time for rulebert's rows extrapolated from those rows/s.",
+        + "), its time for rulebert's rows extrapolated from those rows/s. Matmul 2048^2 GFLOP/s before / "
+        f"after the run: {report['matmul_peak_gflops_before']} / {report['matmul_peak_gflops_after']}.",
         "",
         "| step | command | rows | wall s | rows/s | notebook rows/s | notebook s (extrap.) | x notebook | "
-        "target | load (1 min) |",
+        "target | load before (1 min); cores used (CPU s / wall) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
 
@@ -482,12 +522,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{train['rows_per_s']:.2f} | "
             f"{notebook['train_rows_per_s']:.2f} | {train['notebook_s_extrapolated']:.0f} | "
             f"{train['x_notebook']:.1f}x | {target(train['x_notebook'], TRAIN_TARGET)} | "
-            f"{train['load']['load_1min']} |"
+            f"{train['load']['load_1min']}; {train['cores_used']:.2f} |"
         )
     else:
         lines.append(f"| train | (skipped: --model-dir {report['model_dir_given']}) | | | | | | | | |")
     for label, entry in report["predict"].items():
         loads = "/".join(str(load["load_1min"]) for load in entry["load"])
+        loads += "; " + "/".join(f"{c:.2f}" for c in entry["cores_used"])
         lines.append(
             f"| predict {label} -> {entry['backend']} (median of {len(entry['walls'])}) | "
             f"`{entry['command']}` | {entry['rows']} | {entry['wall_s']:.2f} | {entry['rows_per_s']:.1f} | "
