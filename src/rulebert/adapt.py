@@ -39,7 +39,7 @@ from rulebert.model import (
     verify_model_dir,
 )
 from rulebert.rules import StoredRule, example_frame
-from rulebert.train import FitResult, fit_rows, save_fit
+from rulebert.train import FitResult, export_embedder_or_warn, fit_rows, save_fit
 
 MIN_VALIDATION_ROWS = 40
 """Below this many held-out rows a validation split measures nothing: train on every example instead."""
@@ -147,15 +147,8 @@ def _add_embedder(source_dir: Path, model_dir: Path, base_model: str) -> None:
         entry = {k: v for k, v in read_onnx_record(source_dir)[EMBEDDER_FILE].items() if k != "sha256"}
         shutil.copyfile(source, model_dir / EMBEDDER_FILE)
         record_onnx(model_dir, model_dir / EMBEDDER_FILE, entry)
-        return
-    import warnings
-
-    from rulebert.export import export_embedder
-
-    try:
-        export_embedder(model_dir, base_model)
-    except Exception as err:  # the adapted model is saved; examples then fall back to TF-IDF
-        warnings.warn(f"{model_dir}: embedder not exported ({err})", stacklevel=2)
+    else:
+        export_embedder_or_warn(model_dir, base_model)
 
 
 def adapt_model(

@@ -291,7 +291,7 @@ def _write_validation_report(calibrated: CalibratedValidation, model_dir: Path) 
         warnings.warn(f"{model_dir}: report.html not written ({err})", stacklevel=2)
 
 
-def _export_embedder(model_dir: Path, base_model: str) -> None:
+def export_embedder_or_warn(model_dir: Path, base_model: str) -> None:
     """The base checkpoint's sentence embedder into the model dir, for rules scored with their examples.
     A failure is a warning: the model is saved, and examples are then learnt from TF-IDF alone."""
     import warnings
@@ -404,7 +404,7 @@ def save_fit(
     if len(calibrated.labels) or inherited is None:  # an adapted model without validation rows: no report
         _write_validation_report(calibrated, output_dir)
     if export_embedder:
-        _export_embedder(output_dir, base_model)
+        export_embedder_or_warn(output_dir, base_model)
     if export_int8:
         metrics["onnx_int8"] = _export_int8(fit, calibrated, output_dir)
         write_json_atomic(output_dir / METRICS_FILE, metrics)  # metrics.json is not hashed: safe to add to
