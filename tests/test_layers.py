@@ -5,6 +5,8 @@ A new module must be placed in ``LAYERS`` below, which is the map of the package
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import rulebert
@@ -117,3 +119,11 @@ def test_no_module_over_450_lines():
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450
     }
     assert long == {}
+
+
+def test_server_starts_without_torch():
+    """The server with an int8 file serves through onnxruntime alone: importing it must not pull torch or
+    transformers (adaptation loads them when a job runs)."""
+    probe = "import sys, rulebert.serve; print([m for m in ('torch', 'transformers') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 from rulebert import data as D
 from rulebert.config import TrainConfig
 from rulebert.errors import RulebertError
+from rulebert.integrity import lineage_root
 from rulebert.model import (
     CALIBRATION_FILE,
     EMBEDDER_FILE,
@@ -38,7 +39,7 @@ from rulebert.model import (
     record_onnx,
     verify_model_dir,
 )
-from rulebert.rules import StoredRule, example_frame
+from rulebert.rules import StoredRule, check_adaptable, example_frame
 from rulebert.train import FitResult, export_embedder_or_warn, fit_rows, save_fit
 
 MIN_VALIDATION_ROWS = 40
@@ -66,17 +67,6 @@ class _ReportProgress(TrainerCallback):
             )
 
 
-def _check_rules(rules: Sequence[StoredRule]) -> None:
-    if not rules:
-        raise RulebertError("no rules to adapt on")
-    for rule in rules:
-        if not rule.positive_examples or not rule.negative_examples:
-            raise RulebertError(
-                f"rule {rule.id!r}: adapting needs at least one positive and one negative example "
-                f"(it has {len(rule.positive_examples)} and {len(rule.negative_examples)})"
-            )
-
-
 def _prepare_output(output_dir: Path, source_dir: Path, overwrite: bool) -> None:
     if output_dir.resolve() == source_dir.resolve():
         raise RulebertError(
@@ -86,20 +76,6 @@ def _prepare_output(output_dir: Path, source_dir: Path, overwrite: bool) -> None
         raise RulebertError(f"{output_dir}: exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise RulebertError(f"{output_dir}: not empty; choose a new --output-dir or pass --overwrite")
-
-
-def lineage_root(record: dict[str, Any]) -> str:
-    """The weights a chain of adaptations started from (a digest of their hashes): a server restarted with
-    a ``--state-dir`` serves an adapted model only if it descends from the ``--model-dir`` it was given."""
-    import hashlib
-    import json
-
-    data = record.get("data") if isinstance(record.get("data"), dict) else {}
-    adapted = data.get("adapted_from") if isinstance(data.get("adapted_from"), dict) else {}
-    if isinstance(adapted.get("root"), str):
-        return adapted["root"]
-    weights = json.dumps(record.get("weights_sha256") or {}, sort_keys=True)
-    return hashlib.sha256(weights.encode()).hexdigest()[:32]
 
 
 def _lineage(
@@ -165,7 +141,7 @@ def adapt_model(
     ``output_dir``."""
     source_dir, output_dir = Path(model_dir), Path(output_dir)
     report = on_progress or (lambda fraction, message: None)
-    _check_rules(rules)
+    check_adaptable(rules)
     _prepare_output(output_dir, source_dir, overwrite)
     record = verify_model_dir(source_dir)  # a tampered or unfinished source is refused before any work
     config = TrainConfig.from_dict(record["config"])

@@ -97,3 +97,16 @@ def check_positions(folder: Path, config: dict[str, Any], max_length: int, where
             f"{where}: max_length {max_length} is beyond the model's {positions} positions "
             f"({HF_CONFIG} max_position_embeddings)"
         )
+
+
+def lineage_root(record: dict[str, Any]) -> str:
+    """The weights a chain of adaptations started from (a digest of their hashes): a server restarted with
+    a ``--state-dir`` serves an adapted model only if it descends from the ``--model-dir`` it was given."""
+    import hashlib
+
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    adapted = data.get("adapted_from") if isinstance(data.get("adapted_from"), dict) else {}
+    if isinstance(adapted.get("root"), str):
+        return adapted["root"]
+    weights = json.dumps(record.get("weights_sha256") or {}, sort_keys=True)
+    return hashlib.sha256(weights.encode()).hexdigest()[:32]

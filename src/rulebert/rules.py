@@ -142,6 +142,19 @@ def rules_from_competition(frame: pd.DataFrame) -> list[StoredRule]:
     return rules
 
 
+def check_adaptable(rules: Sequence[StoredRule]) -> None:
+    """What adaptation needs of its rules: asked by ``rulebert adapt``, and by ``POST /v1/adapt`` before it
+    queues a job."""
+    if not rules:
+        raise RulebertError("no rules to adapt on")
+    for rule in rules:
+        if not rule.positive_examples or not rule.negative_examples:
+            raise RulebertError(
+                f"rule {rule.id!r}: adapting needs at least one positive and one negative example "
+                f"(it has {len(rule.positive_examples)} and {len(rule.negative_examples)})"
+            )
+
+
 def example_frame(rules: Sequence[StoredRule]) -> pd.DataFrame:
     """Labelled (text, rule, subreddit, label) rows from rules' examples, de-duplicated per rule: the rows
     adaptation fine-tunes on (the same rows ``rulebert run`` makes of a test file's example cells)."""

@@ -69,7 +69,7 @@ from rulebert.http_schema import MAX_RULES as MAX_RULES
 from rulebert.http_validation import MAX_ERRORS as MAX_ERRORS  # re-exported: the 422 cap is part of the API
 from rulebert.http_validation import InvalidBody, error_body, parse_body
 from rulebert.model import VALIDATION_SCOPE
-from rulebert.rules import RULE_ID, StoredRule
+from rulebert.rules import RULE_ID, StoredRule, check_adaptable
 from rulebert.serve_state import Busy, Jobs, Served, ServedModel, ServerState, with_stored
 
 
@@ -313,14 +313,13 @@ def create_app(
             raise HTTPException(422, f"no stored rule {missing[0]!r}")
         if not wanted:
             raise HTTPException(422, "no stored rules to adapt on: PUT /v1/rules/{id} first")
-        for rule_id in wanted:
-            rule = by_id[rule_id]
-            if not rule.positive_examples or not rule.negative_examples:
-                raise HTTPException(
-                    422, f"rule {rule_id!r}: adapting needs at least one positive and one negative example"
-                )
+        chosen = [by_id[rule_id] for rule_id in dict.fromkeys(wanted)]
         try:
-            return Job(**jobs.start([by_id[rule_id] for rule_id in dict.fromkeys(wanted)]))
+            check_adaptable(chosen)
+        except RulebertError as err:
+            raise HTTPException(422, str(err)) from None
+        try:
+            return Job(**jobs.start(chosen))
         except Busy as err:
             raise HTTPException(409, str(err)) from None
 

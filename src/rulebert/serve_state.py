@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rulebert.adapt import adapt_model, lineage_root
 from rulebert.errors import RulebertError
 from rulebert.http_schema import Rule
 from rulebert.http_validation import InvalidBody, error_body
+from rulebert.integrity import lineage_root
 from rulebert.model import verify_model_dir
 from rulebert.rules import RULE_ID, RuleStore, StoredRule
 
@@ -163,6 +163,8 @@ class Jobs:
                 setattr(job, key, value)
 
     def _run(self, job: JobState, rules: list[StoredRule]) -> None:
+        from rulebert.adapt import adapt_model  # torch and transformers: loaded when a job runs, not at start
+
         self._update(job, status="running", message="starting")
         source = Path(self.served.current.scorer.model_dir)
         try:
