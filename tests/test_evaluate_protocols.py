@@ -177,3 +177,27 @@ def test_cli_evaluate_kfold_with_tiny_model(tmp_path: Path, tiny_checkpoint: Pat
     # A second run into the same folder needs --overwrite; a bad protocol is a usage error.
     assert main([*argv, *tiny, "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_finetune_recipe_blends_each_rule_with_its_examples_as_the_scorer_does(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    from rulebert.config import TrainConfig
+
+    train = tmp_path / "train.csv"
+    make_frame(40, seed=12).to_csv(train, index=False)
+    tiny = TrainConfig(model=str(tiny_checkpoint), epochs=1, max_length=32, val_fraction=0.0)
+    scores = {}
+    for blend in (False, True):
+        config = TrainConfig(**{**tiny.to_dict(), "blend_examples": blend})
+        evaluate(train, "loro", tmp_path / f"blend-{blend}", config, progress=False)
+        predictions = pd.read_csv(tmp_path / f"blend-{blend}" / PREDICTIONS_FILE)
+        scores[blend] = predictions["model"].to_numpy()
+        assert (
+            json.loads((tmp_path / f"blend-{blend}" / EVALUATION_FILE).read_text())["config"][
+                "blend_examples"
+            ]
+            is blend
+        )
+    assert scores[True].shape == scores[False].shape and not np.allclose(scores[True], scores[False])
+    assert ((scores[True] >= 0) & (scores[True] <= 1)).all()

@@ -189,3 +189,58 @@ def test_http_answers_carry_mode_flagged_and_evidence(trained):
     batch = {"items": [{"id": "item-7", "comment": "hello", "rule": {"text": next(iter(RULES))}}]}
     answer = client.post("/v1/score/batch", json=batch).json()["scores"][0]
     assert answer["mode"] == "trained" and answer["item_id"] == "item-7"
+
+
+# ---- a trained rule blended with its examples (blend_examples) ----
+
+
+def test_a_trained_rule_blends_with_enough_examples_and_keeps_its_mode(trained):
+    from dataclasses import replace
+
+    from rulebert.examples import MIN_BLEND_EXAMPLES
+
+    scorer = Scorer(trained)
+    trained_rule = next(iter(RULES))
+    positive, negative = RULES[trained_rule]
+    many = RuleExamples.of(comments(positive, 12, seed=3), comments(negative, 12, seed=4))
+    few = RuleExamples.of(many.positive[: MIN_BLEND_EXAMPLES - 1], many.negative)
+    assert many.blendable and not few.blendable
+    new = comments(positive, 6, seed=9) + comments(negative, 6, seed=10)
+    n = len(new)
+
+    def scored(examples: RuleExamples) -> dict:
+        return scorer.score_details(
+            new, [trained_rule] * n, positive_examples=[examples.positive] * n,
+            negative_examples=[examples.negative] * n,
+        )  # fmt: skip
+
+    plain = scorer.score(new, trained_rule)
+    blended = scored(many)
+    assert set(blended["mode"]) == {"trained"} and all(e is not None for e in blended["evidence"])
+    assert not np.allclose(blended["probability"], plain)
+    assert np.array_equal(scored(few)["probability"], plain)  # nine of one label: the model alone
+    scorer.config = replace(scorer.config, blend_examples=False)
+    assert np.array_equal(scored(many)["probability"], plain)
+
+
+def test_predict_file_pools_each_rules_example_cells(trained, tmp_path):
+    from rulebert.predict import pooled_examples, predict_file
+
+    from .conftest import make_frame
+
+    test = make_frame(40, seed=11, labelled=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    pooled = pooled_examples(test)
+    assert set(pooled) == set(test["rule"]) and all(e.blendable for e in pooled.values())
+    rows = test[test["rule"] == next(iter(RULES))]
+    assert set(pooled[next(iter(RULES))].positive) == set(rows["positive_example_1"]) | set(
+        rows["positive_example_2"]
+    )
+    submission = predict_file(trained, tmp_path / "test.csv", tmp_path / "out.csv", progress=False)
+    alone = Scorer(trained).score(test["body"].tolist(), test["rule"].tolist())
+    assert not np.allclose(submission["rule_violation"], alone)
+    assert pooled_examples(test.drop(columns=[c for c in test.columns if "example" in c])) == {}
+    small = test.iloc[:2]  # two rows: two cells per label, too few to blend
+    small.to_csv(tmp_path / "small.csv", index=False)
+    out = predict_file(trained, tmp_path / "small.csv", tmp_path / "small_out.csv", progress=False)
+    assert np.array_equal(out["rule_violation"], Scorer(trained).score(small["body"], small["rule"].tolist()))

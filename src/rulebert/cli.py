@@ -65,6 +65,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         help="target: train only on the rules being scored (the test file's); all: every rule",
     )
     group.add_argument(
+        "--blend-examples",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.blend_examples,
+        help="when scoring, blend the model with a per-rule model of the rule's examples (pooled per rule)",
+    )
+    group.add_argument(
         "--bf16",
         choices=["auto", "on", "off"],
         default=defaults.bf16,

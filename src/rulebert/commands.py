@@ -28,6 +28,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         include_subreddit=args.include_subreddit,
         dedupe=args.dedupe,
         train_rules=args.train_rules,
+        blend_examples=args.blend_examples,
         keep=args.keep,
         bf16=args.bf16,
         save_steps=args.save_steps,

@@ -170,7 +170,57 @@ def finetune_recipe(
 
     fit = finetune_fit(config, train_rows, score_rows, work_dir, progress=progress)
     features = encode_frame(fit.tokenizer, score_rows, config)
-    return predict_features(fit.model, fit.tokenizer, features, progress=progress)
+    scores = predict_features(fit.model, fit.tokenizer, features, progress=progress)
+    if getattr(config, "blend_examples", False):
+        scores = blend_with_examples(config, fit, train_rows, score_rows, scores, Path(work_dir))
+    return scores
+
+
+def blend_with_examples(
+    config: Any, fit: Any, train_rows: pd.DataFrame, score_rows: pd.DataFrame, scores: Any, work_dir: Path
+) -> np.ndarray:
+    """What a model dir with ``blend_examples`` does when it scores (``predict.Scorer``): per scored rule
+    with enough labelled rows among the training rows (in loro: its example cells), an ``ExampleModel``
+    fitted on them, with the fine-tuned model's scores of them as its cross-encoder member, and the same
+    int8 sentence embedder of the base checkpoint. Rules without enough keep the model's scores."""
+    from rulebert.backends import OnnxEmbedder, predict_features
+    from rulebert.examples import ExampleModel, RuleExamples
+    from rulebert.model import find_embedder
+    from rulebert.text import encode_frame
+    from rulebert.train import export_embedder_or_warn
+
+    out = np.asarray(scores, dtype=np.float64).copy()
+    embedder: OnnxEmbedder | None = None
+    exported = False
+    for rule in dict.fromkeys(score_rows[D.RULE].tolist()):
+        own = train_rows[train_rows[D.RULE] == rule]
+        examples = RuleExamples.of(
+            own.loc[own[D.LABEL] == 1, D.TEXT].tolist(), own.loc[own[D.LABEL] == 0, D.TEXT].tolist()
+        )
+        if not examples.blendable:
+            continue
+        if not exported:  # once per fold, and only when a rule blends
+            folder = work_dir / "embedder"
+            fit.tokenizer.save_pretrained(folder)
+            export_embedder_or_warn(folder, config.model)
+            path = find_embedder(folder)
+            embedder = OnnxEmbedder(path) if path is not None else None
+            exported = True
+
+        rows = (score_rows[D.RULE] == rule).to_numpy()
+        frame = pd.DataFrame({D.TEXT: examples.texts, D.RULE: rule, D.SUBREDDIT: ""})
+        on_examples = predict_features(fit.model, fit.tokenizer, encode_frame(fit.tokenizer, frame, config))
+        vectors = _embed(embedder, examples.texts, config.max_length)
+        model = ExampleModel.fit(examples, np.asarray(on_examples), vectors)
+        texts = score_rows.loc[rows, D.TEXT].tolist()
+        out[rows] = model.score(texts, np.asarray(scores)[rows], _embed(embedder, texts, config.max_length))
+    return out
+
+
+def _embed(embedder: Any, texts: list[str], max_length: int) -> np.ndarray | None:
+    from rulebert.text import encode_texts
+
+    return None if embedder is None else embedder.embed(encode_texts(embedder.tokenizer, texts, max_length))
 
 
 RECIPES: dict[str, Recipe] = {"finetune": finetune_recipe, "baseline": baseline_recipe}

@@ -30,6 +30,11 @@ from typing import Any
 import numpy as np
 
 MAX_FOLDS = 5  # out-of-fold scores of the examples: at most this many folds (leave-one-out when fewer)
+MIN_BLEND_EXAMPLES = 10
+"""Examples of each label a rule the model *trained on* needs before they are blended in: with a row's own
+four cells (2 + 2) the per-rule model is near chance (0.499-0.557 on request-time loro) and would only add
+noise to a trained model; pooled over a rule (hundreds) it adds +0.009. Chosen by that principle, not tuned
+on scored comments."""
 _EPS = 1e-6
 
 
@@ -57,6 +62,12 @@ class RuleExamples:
     def usable(self) -> bool:
         """At least one example of each label: what a per-rule model needs to learn a boundary."""
         return bool(self.positive) and bool(self.negative)
+
+    @property
+    def blendable(self) -> bool:
+        """Enough examples of each label to blend with a model trained on the rule
+        (:data:`MIN_BLEND_EXAMPLES`)."""
+        return min(len(self.positive), len(self.negative)) >= MIN_BLEND_EXAMPLES
 
     @property
     def texts(self) -> list[str]:

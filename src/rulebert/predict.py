@@ -18,7 +18,7 @@ import pandas as pd
 
 from rulebert.backends import BACKENDS, OnnxBackend, OnnxEmbedder, TorchBackend, gpu_present
 from rulebert.config import TrainConfig
-from rulebert.data import BODY, ROW_ID, RULE, SUBREDDIT, read_csv
+from rulebert.data import BODY, EXAMPLE_COLUMNS, ROW_ID, RULE, SUBREDDIT, read_csv
 from rulebert.errors import RulebertError
 from rulebert.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule
 from rulebert.files import write_csv_atomic
@@ -169,8 +169,10 @@ class Scorer:
     ) -> dict[str, Any]:
         """``{"probability": array, "mode": [...], "evidence": [...]}`` for each row, in input order.
 
-        ``evidence`` is, in mode ``examples``, the labelled example nearest to the comment (text, label,
-        similarity), else None.
+        ``evidence`` is, where examples were used, the labelled example nearest to the comment (text, label,
+        similarity), else None. Examples are used for a rule the model never saw (mode ``examples``), and for
+        one it trained on when the model dir's ``blend_examples`` is on and there are at least
+        ``MIN_BLEND_EXAMPLES`` of each label (mode stays ``trained``).
         """
         bodies = [bodies] if isinstance(bodies, str) else list(bodies)
         rules = [rules] * len(bodies) if isinstance(rules, str) else list(rules)
@@ -187,7 +189,7 @@ class Scorer:
         for i, (rule, pos, neg) in enumerate(zip(rules, positives, negatives, strict=True)):
             examples = RuleExamples.of(pos, neg)
             modes.append(self.mode(rule, examples))
-            if modes[-1] == "examples":
+            if modes[-1] == "examples" or (modes[-1] == "trained" and self._blends(examples)):
                 key = examples.key(rule)
                 groups.setdefault(key, []).append(i)
                 examples_of[key] = (rule, examples)
@@ -204,6 +206,11 @@ class Scorer:
                 for i, nearest in zip(rows, model.nearest(vectors), strict=True):
                     evidence[i] = nearest
         return {"probability": probability, "mode": modes, "evidence": evidence}
+
+    def _blends(self, examples: RuleExamples) -> bool:
+        """Whether a trained rule's score is blended with its examples: the model dir's ``blend_examples``
+        and enough of them (``RuleExamples.blendable``)."""
+        return bool(getattr(self.config, "blend_examples", False)) and examples.blendable
 
     def predict(
         self,
@@ -270,6 +277,20 @@ def _examples_for(examples: RuleExamples | dict[str, Any] | None, rule: str) -> 
     return _examples_for(examples.get(rule), rule)
 
 
+def pooled_examples(frame: pd.DataFrame) -> dict[str, RuleExamples]:
+    """Each rule's example cells pooled over every row of a competition-layout file (majority label for a
+    text given with both, ties dropped): a rule's row carries four cells, too few to learn from, while the
+    file carries hundreds. Empty when the file has no example columns."""
+    if not any(c in frame.columns for c in EXAMPLE_COLUMNS):
+        return {}
+    from rulebert.rules import rules_from_competition
+
+    return {
+        rule.text: RuleExamples.of(rule.positive_examples, rule.negative_examples)
+        for rule in rules_from_competition(frame)
+    }
+
+
 def check_submission(submission: pd.DataFrame, sample_path: str | os.PathLike) -> None:
     """Same columns and the same row_ids as the competition's sample submission."""
     sample_path = Path(sample_path)
@@ -311,10 +332,20 @@ def predict_file(
     scorer = Scorer(model_dir, backend=backend)
     print(f"rulebert: predict backend: {scorer.backend}", file=sys.stderr)
     columns = [test[c].tolist() for c in (BODY, RULE, SUBREDDIT)]
+    pooled = pooled_examples(test)
+    positives = [pooled[rule].positive for rule in columns[1]] if pooled else None
+    negatives = [pooled[rule].negative for rule in columns[1]] if pooled else None
     parts = []
     with tqdm(total=len(test), desc="predict", unit="row", disable=not progress) as bar:
         for start in range(0, len(test), chunk_rows):
-            parts.append(scorer.score(*(c[start : start + chunk_rows] for c in columns)))
+            window = slice(start, start + chunk_rows)
+            parts.append(
+                scorer.score(
+                    *(c[window] for c in columns),
+                    positive_examples=positives[window] if positives else None,
+                    negative_examples=negatives[window] if negatives else None,
+                )
+            )
             bar.update(len(parts[-1]))
     probabilities = np.concatenate(parts)
     submission = pd.DataFrame({"row_id": test[ROW_ID].to_numpy(), "rule_violation": probabilities})
