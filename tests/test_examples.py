@@ -244,3 +244,18 @@ def test_predict_file_pools_each_rules_example_cells(trained, tmp_path):
     small.to_csv(tmp_path / "small.csv", index=False)
     out = predict_file(trained, tmp_path / "small.csv", tmp_path / "small_out.csv", progress=False)
     assert np.array_equal(out["rule_violation"], Scorer(trained).score(small["body"], small["rule"].tolist()))
+
+
+def test_a_trained_models_score_enters_as_a_bounded_quantile():
+    examples = medical_examples(8)
+    n = len(examples.texts)
+    in_sample = np.where(examples.labels == 1, 0.99, 0.01) + np.linspace(-0.005, 0.005, n)
+    model = ExampleModel.fit(examples, in_sample, trained=True)
+    assert model.cross_encoder_weight == 1.0 and "cross-encoder" in model.methods
+    text = ["take 200 mg of sertraline"] * 4
+    ce = np.array([0.001, 0.5, 0.999999, 1 - 1e-12])
+    p = model.score(text, ce)
+    assert np.all(np.diff(p) >= 0) and p[0] < p[1] < p[2]
+    assert p[2] == p[3]  # beyond every example's score: the same top quantile, however confident
+    untrained = ExampleModel.fit(examples, in_sample)
+    assert untrained._trained_reference is None and model._trained_reference is not None

@@ -211,7 +211,7 @@ def blend_with_examples(
         frame = pd.DataFrame({D.TEXT: examples.texts, D.RULE: rule, D.SUBREDDIT: ""})
         on_examples = predict_features(fit.model, fit.tokenizer, encode_frame(fit.tokenizer, frame, config))
         vectors = _embed(embedder, examples.texts, config.max_length)
-        model = ExampleModel.fit(examples, np.asarray(on_examples), vectors)
+        model = ExampleModel.fit(examples, np.asarray(on_examples), vectors, trained=True)
         texts = score_rows.loc[rows, D.TEXT].tolist()
         out[rows] = model.score(texts, np.asarray(scores)[rows], _embed(embedder, texts, config.max_length))
     return out

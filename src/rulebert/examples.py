@@ -164,6 +164,9 @@ class ExampleModel:
     _scales: dict[str, _Scale] = field(default_factory=dict)
     _platt: tuple[float, float] = (1.0, 0.0)
     _example_vectors: np.ndarray | None = None
+    _trained_reference: np.ndarray | None = None
+    """For a rule the model trained on: its sorted logits of the examples, through which its score of a
+    comment becomes a quantile (see :meth:`fit`)."""
 
     @classmethod
     def fit(
@@ -171,14 +174,26 @@ class ExampleModel:
         examples: RuleExamples,
         cross_encoder_scores: np.ndarray,
         vectors: np.ndarray | None = None,
+        *,
+        trained: bool = False,
     ) -> ExampleModel:
         """Fit on ``examples`` (usable: both labels present). ``cross_encoder_scores`` are the model's
         probabilities for (rule, example) in the order of ``examples.texts``; ``vectors`` their unit-norm
-        sentence embeddings, or None when the model dir has no embedder (TF-IDF alone then)."""
+        sentence embeddings, or None when the model dir has no embedder (TF-IDF alone then).
+
+        ``trained``: the model was fine-tuned on this rule (on these examples, usually), so its scores of
+        them are in-sample and say nothing of how well it ranks new comments. It then keeps half the
+        weight: its logit becomes a quantile among its logits of the examples (bounded, so an overconfident
+        logit cannot drown the examples' view), mapped to [-2, 2] and added to the mean of the example
+        members' standardised scores. Leave-one-rule-out, mean of 3 seeds: +0.006 column-averaged AUC over
+        the model alone, neither rule lower; a plain sum of standardised logits gained +0.002 and lowered
+        one rule (docs/evaluation.md)."""
         texts, labels = examples.texts, examples.labels
         ce = _logit(cross_encoder_scores)
-        weight = max(0.0, 2 * _auc(labels, ce) - 1)
+        weight = 1.0 if trained else max(0.0, 2 * _auc(labels, ce) - 1)
         model = cls(examples, weight)
+        if trained:
+            model._trained_reference = np.sort(ce)
         oof: dict[str, np.ndarray] = {}
         model._tfidf = _tfidf_scorer(texts, labels)
         oof["tfidf"] = _out_of_fold(_tfidf_scorer, texts, labels)
@@ -190,10 +205,21 @@ class ExampleModel:
             oof["cross-encoder"] = ce
         model.methods = list(oof)
         model._scales = {name: _Scale.of(values) for name, values in oof.items()}
-        model._platt = _fit_platt(labels, model._combine(oof))
+        if trained:  # the in-sample quantiles would make a near-step Platt: fit it on the honest part only
+            honest = [model._scales[n](oof[n]) for n in model.methods if n != "cross-encoder"]
+            model._platt = _fit_platt(labels, np.mean(honest, axis=0))
+        else:
+            model._platt = _fit_platt(labels, model._combine(oof))
         return model
 
     def _combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        if self._trained_reference is not None:
+            reference = self._trained_reference
+            values = np.asarray(scores["cross-encoder"], dtype=np.float64)
+            below = np.searchsorted(reference, values, "left") + np.searchsorted(reference, values, "right")
+            others = [n for n in self.methods if n != "cross-encoder"]
+            members = [np.nan_to_num(self._scales[n](scores[n])) for n in others]
+            return 4.0 * below / (2 * len(reference)) - 2.0 + np.mean(members, axis=0)
         total = 0.0
         for name in self.methods:
             weight = self.cross_encoder_weight if name == "cross-encoder" else 1.0

@@ -258,7 +258,8 @@ class Scorer:
         if model is None:
             texts = examples.texts
             cross_encoder = self.runtime.predict(self.encode(texts, [rule] * len(texts)))
-            model = ExampleModel.fit(examples, cross_encoder, self._embed(texts))
+            trained = normalize_rule(rule) in self.trained_rules
+            model = ExampleModel.fit(examples, cross_encoder, self._embed(texts), trained=trained)
             self._example_models.put(key, model)
         return model
 
