@@ -201,3 +201,29 @@ def test_finetune_recipe_blends_each_rule_with_its_examples_as_the_scorer_does(
         )
     assert scores[True].shape == scores[False].shape and not np.allclose(scores[True], scores[False])
     assert ((scores[True] >= 0) & (scores[True] <= 1)).all()
+
+
+def test_the_blend_exports_the_embedder_of_the_resolved_base_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """``--model default`` names the bundled MiniLM: the embedder must be exported from its folder (the
+    sentinel itself is no checkpoint, and the blend would silently lose its embedding member)."""
+    import rulebert.train
+    from rulebert.config import TrainConfig
+    from rulebert.evaluate import blend_with_examples
+    from rulebert.model import resolve_checkpoint
+
+    asked = []
+    monkeypatch.setattr(rulebert.train, "export_embedder_or_warn", lambda folder, base: asked.append(base))
+
+    class Tokenizer:
+        def save_pretrained(self, folder: Path) -> None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+
+    class Fit:  # only what the blend reads before it scores; scoring then fails, which is not tested here
+        tokenizer = Tokenizer()
+
+    rows = make_frame(24, seed=3)
+    with pytest.raises(AttributeError):
+        blend_with_examples(
+            TrainConfig(), Fit(), D.example_rows(rows), D.body_rows(rows), np.zeros(24), tmp_path
+        )
+    assert asked == [resolve_checkpoint("default")]

@@ -185,7 +185,7 @@ def blend_with_examples(
     int8 sentence embedder of the base checkpoint. Rules without enough keep the model's scores."""
     from rulebert.backends import OnnxEmbedder, predict_features
     from rulebert.examples import ExampleModel, RuleExamples
-    from rulebert.model import find_embedder
+    from rulebert.model import find_embedder, resolve_checkpoint
     from rulebert.text import encode_frame
     from rulebert.train import export_embedder_or_warn
 
@@ -202,7 +202,7 @@ def blend_with_examples(
         if not exported:  # once per fold, and only when a rule blends
             folder = work_dir / "embedder"
             fit.tokenizer.save_pretrained(folder)
-            export_embedder_or_warn(folder, config.model)
+            export_embedder_or_warn(folder, resolve_checkpoint(config.model))
             path = find_embedder(folder)
             embedder = OnnxEmbedder(path) if path is not None else None
             exported = True
