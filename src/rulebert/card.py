@@ -246,6 +246,15 @@ def _usage_section(
         "and applies the calibration and the threshold; a rule the model was not trained on can be learnt",
         "from a few labelled examples at scoring time (`rulebert score --examples`, or `Scorer.predict` with",
         "`examples=`).",
+        *(
+            [
+                "A rule it was trained on, scored with at least 10 labelled examples of each label (a",
+                "test file's example cells pooled per rule, a stored rule's lists), is blended with a",
+                "per-rule model of those examples (`blend_examples` in rulebert.json).",
+            ]
+            if config.get("blend_examples", True)
+            else []
+        ),
         "",
         "```bash",
         "rulebert predict --model-dir MODEL_DIR --test test.csv --output submission.csv",
