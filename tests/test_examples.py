@@ -259,3 +259,13 @@ def test_a_trained_models_score_enters_as_a_bounded_quantile():
     assert p[2] == p[3]  # beyond every example's score: the same top quantile, however confident
     untrained = ExampleModel.fit(examples, in_sample)
     assert untrained._trained_reference is None and model._trained_reference is not None
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_examples_without_words_still_fit_and_score(trained):
+    """Found by fuzzing predict: a file whose example cells are quote marks pooled into a rule's examples."""
+    for positive, negative in ((['"'] * 1 + ['""'], ["''", "!!"]), (["a"], ["b"])):
+        examples = RuleExamples.of(positive, negative)
+        model = ExampleModel.fit(examples, np.full(len(examples.texts), 0.5), trained=trained)
+        scores = model.score(['"', "hello there", "b"], np.array([0.2, 0.5, 0.9]))
+        assert scores.shape == (3,) and np.isfinite(scores).all()

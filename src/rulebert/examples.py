@@ -92,9 +92,17 @@ def _tfidf_scorer(texts: list[str], labels: np.ndarray) -> Callable[[list[str]],
 
     words = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)
-    model = make_pipeline(make_union(words, chars), LogisticRegression(C=1.0, max_iter=2000))
-    model.fit(texts, labels)
-    return lambda values: model.decision_function(values)
+    # Examples may hold no word (a quote mark, an emoji) or not even two characters: each view is used only
+    # where it has a vocabulary, and with none the member says nothing (a constant, standardised away).
+    for parts in ((words, chars), (chars,), (words,)):
+        try:
+            model = make_pipeline(make_union(*parts), LogisticRegression(C=1.0, max_iter=2000))
+            model.fit(texts, labels)
+            return lambda values: model.decision_function(values)
+        except ValueError as err:
+            if "empty vocabulary" not in str(err):
+                raise
+    return lambda values: np.zeros(len(values))
 
 
 def _embedding_scorer(vectors: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
