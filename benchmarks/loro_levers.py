@@ -38,6 +38,9 @@ from rulebert.config import TrainConfig  # noqa: E402
 from rulebert.evaluate import baseline_recipe, finetune_fit, loro_folds  # noqa: E402
 from rulebert.metrics import column_averaged_auc  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loro_ablation import rank_within_rule  # noqa: E402
+
 VARIANTS: dict[str, dict] = {
     "default": {},
     "default-x": {},  # the default again (its scores of the examples saved beside)
@@ -45,14 +48,6 @@ VARIANTS: dict[str, dict] = {
     "ep8": {"epochs": 8.0},
     "len128": {"max_length": 128},
 }
-
-
-def rank_within_rule(scores: np.ndarray, rules: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(scores))
-    for rule in np.unique(rules):
-        mask = rules == rule
-        out[mask] = pd.Series(scores[mask]).rank(pct=True).to_numpy()
-    return out
 
 
 def embed(texts: list[str], model_path: str, batch: int = 64) -> np.ndarray:
