@@ -310,3 +310,9 @@ class OnnxEmbedder:
             return session.run(["embedding"], feed)[0]
 
         return run_batches(features, run, max_tokens=max_tokens, max_rows=max_rows, width=width)
+
+    def embed_texts(self, texts: Sequence[str], max_length: int) -> np.ndarray:
+        """:meth:`embed` of raw texts, tokenised as the embedder reads them (no rule segment)."""
+        from rulebert.text import encode_texts
+
+        return self.embed(encode_texts(self.tokenizer, texts, max_length))

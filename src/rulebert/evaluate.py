@@ -190,37 +190,33 @@ def blend_with_examples(
     from rulebert.train import export_embedder_or_warn
 
     out = np.asarray(scores, dtype=np.float64).copy()
-    embedder: OnnxEmbedder | None = None
-    exported = False
+    blended = {}
     for rule in dict.fromkeys(score_rows[D.RULE].tolist()):
         own = train_rows[train_rows[D.RULE] == rule]
         examples = RuleExamples.of(
             own.loc[own[D.LABEL] == 1, D.TEXT].tolist(), own.loc[own[D.LABEL] == 0, D.TEXT].tolist()
         )
-        if not examples.blendable:
-            continue
-        if not exported:  # once per fold, and only when a rule blends
-            folder = work_dir / "embedder"
-            fit.tokenizer.save_pretrained(folder)
-            export_embedder_or_warn(folder, resolve_checkpoint(config.model))
-            path = find_embedder(folder)
-            embedder = OnnxEmbedder(path) if path is not None else None
-            exported = True
+        if examples.blendable:
+            blended[rule] = examples
+    if not blended:
+        return out
+    folder = work_dir / "embedder"  # the embedder a model dir would carry, exported once per fold
+    fit.tokenizer.save_pretrained(folder)
+    export_embedder_or_warn(folder, resolve_checkpoint(config.model))
+    path = find_embedder(folder)
+    embedder = OnnxEmbedder(path) if path is not None else None
 
+    def embed(texts: list[str]) -> np.ndarray | None:
+        return None if embedder is None else embedder.embed_texts(texts, config.max_length)
+
+    for rule, examples in blended.items():
         rows = (score_rows[D.RULE] == rule).to_numpy()
         frame = pd.DataFrame({D.TEXT: examples.texts, D.RULE: rule, D.SUBREDDIT: ""})
         on_examples = predict_features(fit.model, fit.tokenizer, encode_frame(fit.tokenizer, frame, config))
-        vectors = _embed(embedder, examples.texts, config.max_length)
-        model = ExampleModel.fit(examples, np.asarray(on_examples), vectors, trained=True)
+        model = ExampleModel.fit(examples, np.asarray(on_examples), embed(examples.texts), trained=True)
         texts = score_rows.loc[rows, D.TEXT].tolist()
-        out[rows] = model.score(texts, np.asarray(scores)[rows], _embed(embedder, texts, config.max_length))
+        out[rows] = model.score(texts, np.asarray(scores)[rows], embed(texts))
     return out
-
-
-def _embed(embedder: Any, texts: list[str], max_length: int) -> np.ndarray | None:
-    from rulebert.text import encode_texts
-
-    return None if embedder is None else embedder.embed(encode_texts(embedder.tokenizer, texts, max_length))
 
 
 RECIPES: dict[str, Recipe] = {"finetune": finetune_recipe, "baseline": baseline_recipe}

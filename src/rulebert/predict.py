@@ -30,7 +30,7 @@ from rulebert.model import (
     read_metrics,
     verify_model_dir,
 )
-from rulebert.text import encode_rows, encode_texts
+from rulebert.text import encode_rows
 
 MODES = ("trained", "examples", "zero-shot")
 """How a score was made: the model was trained on the rule's text; the rule's examples were used at scoring
@@ -186,11 +186,19 @@ class Scorer:
         groups: dict[str, list[int]] = {}
         examples_of: dict[str, tuple[str, RuleExamples]] = {}
         modes = []
+        # predict_file hands every row of a rule the same pooled lists (hundreds of texts): parse and hash
+        # them once per (rule, lists), not once per row. The lists outlive the loop, so their ids are stable.
+        parsed: dict[tuple[str, int, int], tuple[str, str | None, RuleExamples]] = {}
         for i, (rule, pos, neg) in enumerate(zip(rules, positives, negatives, strict=True)):
-            examples = RuleExamples.of(pos, neg)
-            modes.append(self.mode(rule, examples))
-            if modes[-1] == "examples" or (modes[-1] == "trained" and self._blends(examples)):
-                key = examples.key(rule)
+            ident = (rule, id(pos), id(neg))
+            if ident not in parsed:
+                examples = RuleExamples.of(pos, neg)
+                mode = self.mode(rule, examples)
+                used = mode == "examples" or (mode == "trained" and self._blends(examples))
+                parsed[ident] = (mode, examples.key(rule) if used else None, examples)
+            mode, key, examples = parsed[ident]
+            modes.append(mode)
+            if key is not None:
                 groups.setdefault(key, []).append(i)
                 examples_of[key] = (rule, examples)
         evidence: list[dict[str, Any] | None] = [None] * n
@@ -250,8 +258,7 @@ class Scorer:
             return None
         if self._embedder is None:
             self._embedder = OnnxEmbedder(self._embedder_path, threads=self._threads)
-        features = encode_texts(self._embedder.tokenizer, texts, self.config.max_length)
-        return self._embedder.embed(features)
+        return self._embedder.embed_texts(texts, self.config.max_length)
 
     def _example_model(self, key: str, rule: str, examples: RuleExamples) -> ExampleModel:
         model = self._example_models.get(key)
