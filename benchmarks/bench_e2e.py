@@ -125,15 +125,16 @@ def mark(name, start):
 
 t = time.perf_counter()
 import rulebert.cli
-for where in ("rulebert.cli", "rulebert.commands"):  # what `rulebert predict` does first (environment only)
+# what `rulebert predict` does first (environment only)
+for where in ("rulebert.cli", "rulebert.cli.commands"):
     quiet = getattr(sys.modules.get(where), "_quiet_libraries", None)
     if quiet is not None:
         quiet()
         break
 mark("import rulebert.cli", t)
 t = time.perf_counter()
-import rulebert.predict as P
-mark("import rulebert.predict", t)
+import rulebert.inference.predict as P
+mark("import rulebert.inference.predict", t)
 imported_after_import = [m for m in heavy if m in sys.modules]
 inner = {}
 
@@ -243,7 +244,7 @@ def matmul_peaks(device: str, env: dict[str, str]) -> dict[str, float]:
     from runs on a contended one (the 1-minute load does not see other tenants of the same cores)."""
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import bench_speed, torch;"
-        "from rulebert.backends import physical_cores; torch.set_num_threads(physical_cores());"
+        "from rulebert.backend.device import physical_cores; torch.set_num_threads(physical_cores());"
         "print(json.dumps({d: bench_speed.matmul_peak(sys.argv[2], d, 5) for d in ('float32', 'bfloat16')}))"
     )
     done = subprocess.run(
@@ -266,8 +267,8 @@ def notebook_rates(
     import torch
     from transformers.utils import logging
 
-    from rulebert import data as D
-    from rulebert.backends import physical_cores
+    from rulebert.backend.device import physical_cores
+    from rulebert.domain import data as D
 
     logging.set_verbosity_error()
     torch.set_num_threads(physical_cores())
@@ -389,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import numpy as np
 
-    from rulebert.backends import gpu_present
-    from rulebert.data import default_data_dir
+    from rulebert.backend.device import gpu_present
+    from rulebert.domain.data import default_data_dir
 
     device = args.device or ("cuda" if gpu_present() else "cpu")
     data_dir = args.data_dir or default_data_dir()
@@ -585,7 +586,7 @@ def profile_markdown(label: str, profile: dict[str, Any]) -> list[str]:
         f"| **total (launch to exit)** | {wall:.3f} | 100% |",
         "",
         f"Hashed at load: {profile['hashed_mb']:.0f} MB of weights/config/tokenizer/calibration (+ the ONNX "
-        f"file when it scores). Heavy modules loaded by `import rulebert.cli, rulebert.predict`: "
+        f"file when it scores). Heavy modules loaded by `import rulebert.cli, rulebert.inference.predict`: "
         f"{', '.join(profile['heavy_after_import']) or 'none'}; by the end: "
         f"{', '.join(profile['heavy_at_end']) or 'none'} (checked: {', '.join(HEAVY_MODULES)}). "
         f"Forward only, second run (steady state): {profile['steady_rows_per_s']:.1f} rows/s "

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path("/usr/bin/time").is_file():
         raise SystemExit("/usr/bin/time (GNU time) is needed: apt-get install time")
 
-    from rulebert.data import default_data_dir
+    from rulebert.domain.data import default_data_dir
 
     rulebert = shutil.which("rulebert") or str(Path(sys.executable).with_name("rulebert"))
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:

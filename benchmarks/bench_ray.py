@@ -69,8 +69,8 @@ def probabilities(folder: Path) -> dict[str, list[float]]:
 
 
 def run_local(model_dir: Path, shards: Path, out: Path) -> dict:
-    from rulebert.predict import Scorer
-    from rulebert.score import score_stream
+    from rulebert.inference.predict import Scorer
+    from rulebert.scoring.local import score_stream
 
     start = time.perf_counter()
     scorer = Scorer(model_dir)
@@ -85,7 +85,7 @@ def run_local(model_dir: Path, shards: Path, out: Path) -> dict:
 def run_ray(model_dir: Path, shards: Path, out: Path, actors: int) -> dict:
     import ray
 
-    from rulebert.score_ray import score_shards
+    from rulebert.scoring.ray_engine import score_shards
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     start = time.perf_counter()

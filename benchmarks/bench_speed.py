@@ -98,7 +98,7 @@ def median_rate(rates: list[float]) -> float:
 
 def notebook_encode(tokenizer: Any, frame: Any, max_length: int = NOTEBOOK_MAX_LENGTH) -> Any:
     """The notebook's input: one template string per row, padded to 512 tokens."""
-    from rulebert.text import TEMPLATE
+    from rulebert.domain.text import TEMPLATE
 
     texts = [
         TEMPLATE.format(subreddit=s, rule=r) + b
@@ -168,7 +168,7 @@ def notebook_train(frame: Any, steps: int, device: str, checkpoint: str) -> floa
     """Steady-state training rows/s of the notebook's pipeline over ``steps`` steps (see StepTimer)."""
     from transformers import Trainer
 
-    from rulebert.model import load_checkpoint
+    from rulebert.model.backbones import load_checkpoint
 
     model, tokenizer = load_checkpoint(checkpoint)
     rows = frame.head(steps * NOTEBOOK_BATCH)
@@ -209,8 +209,8 @@ def rulebert_train(rows: Any, checkpoint: str, device: str) -> tuple[float, Any]
     """Steady-state training rows/s of ``train.fit_rows`` over one epoch of ``rows`` (see StepTimer)."""
     from unittest import mock
 
-    from rulebert import train
-    from rulebert.config import TrainConfig
+    from rulebert.core.config import TrainConfig
+    from rulebert.training import train
 
     timer = StepTimer(device)
 
@@ -227,8 +227,8 @@ def rulebert_train(rows: Any, checkpoint: str, device: str) -> tuple[float, Any]
 
 
 def save_for_prediction(fit: Any, folder: Path, checkpoint: str) -> Path:
-    from rulebert.config import TrainConfig
-    from rulebert.model import save_model_dir
+    from rulebert.core.config import TrainConfig
+    from rulebert.model.model_dir import save_model_dir
 
     config = TrainConfig(model=checkpoint, epochs=1, val_fraction=0)
     model = fit.model.to("cpu").float()
@@ -243,7 +243,7 @@ def scorer_predict(scorer: Any, frame: Any, device: str) -> tuple[float, np.ndar
 
 
 def make_scorer(model_dir: Path, backend: str, device: str, threads: int) -> Any:
-    from rulebert.predict import Scorer
+    from rulebert.inference.predict import Scorer
 
     scorer = Scorer(model_dir, device=device, backend=backend, threads=threads)
     scorer.calibrator = None  # raw scores: every path is compared on the same quantity
@@ -306,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers.utils import logging
 
-    from rulebert import data as D
-    from rulebert.backends import physical_cores
-    from rulebert.export import export_onnx
+    from rulebert.backend.device import physical_cores
+    from rulebert.backend.export import export_onnx
+    from rulebert.domain import data as D
 
     logging.set_verbosity_error()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{k} {v[-1]:.2f} rows/s" for k, v in train_rates.items())
         )
     bf16_training = bool(fit.trainer.args.bf16)
-    from rulebert.backends import inference_bf16
+    from rulebert.backend.device import inference_bf16
 
     bf16_predict = inference_bf16(device)
 

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from rulebert.data import NEGATIVE_COLUMNS, POSITIVE_COLUMNS, default_data_dir
-from rulebert.model import find_embedder, resolve_checkpoint
-from rulebert.predict import Scorer
+from rulebert.domain.data import NEGATIVE_COLUMNS, POSITIVE_COLUMNS, default_data_dir
+from rulebert.inference.predict import Scorer
+from rulebert.model.backbones import resolve_checkpoint
+from rulebert.model.model_dir import find_embedder
 
 
 def short(rule: str) -> str:
@@ -74,7 +75,7 @@ def main() -> None:
                 cmd.append("--resume")
             subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout is the table
         if find_embedder(model_dir) is None:  # a model dir from before embedders were exported
-            from rulebert.export import export_embedder
+            from rulebert.backend.export import export_embedder
 
             export_embedder(model_dir, resolve_checkpoint("default"))
         own = frame[frame["rule"] == rule]

@@ -25,10 +25,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rulebert import data as D  # noqa: E402
-from rulebert.config import TrainConfig  # noqa: E402
-from rulebert.evaluate import baseline_recipe, finetune_recipe, kfold_folds, loro_folds  # noqa: E402
-from rulebert.metrics import column_averaged_auc  # noqa: E402
+from rulebert.core.config import TrainConfig  # noqa: E402
+from rulebert.domain import data as D  # noqa: E402
+from rulebert.domain.metrics import column_averaged_auc  # noqa: E402
+from rulebert.evaluation.evaluate import baseline_recipe, finetune_recipe, kfold_folds, loro_folds  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default": {},

@@ -22,14 +22,14 @@ import pandas as pd
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
-    from rulebert import data as D
-    from rulebert.backends import predict_features
-    from rulebert.config import TrainConfig
-    from rulebert.evaluate import evaluate, finetune_fit
-    from rulebert.export import export_onnx
-    from rulebert.model import save_model_dir
-    from rulebert.predict import Scorer
-    from rulebert.text import encode_frame
+    from rulebert.backend.export import export_onnx
+    from rulebert.backend.torch_backend import predict_features
+    from rulebert.core.config import TrainConfig
+    from rulebert.domain import data as D
+    from rulebert.domain.text import encode_frame
+    from rulebert.evaluation.evaluate import evaluate, finetune_fit
+    from rulebert.inference.predict import Scorer
+    from rulebert.model.model_dir import save_model_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with train.csv")

@@ -8,7 +8,7 @@ For each training variant and seed, every loro fold is fine-tuned as ``rulebert 
 - ``tfidf``: TF-IDF word 1-2 + char_wb 2-5, logistic regression on the held-out rule's example rows
   (the evaluate baseline);
 - ``emb``: logistic regression on the base checkpoint's mean-pooled sentence embeddings of those rows (the
-  embedder a model dir carries for ``rulebert.examples``).
+  embedder a model dir carries for ``rulebert.domain.examples``).
 
 Blends are per-rule rank averages (ranks of the scored comments, no labels read). Each line reports the
 mean over seeds of the column-averaged AUC, a bootstrap 95% interval of that mean (comments resampled within
@@ -33,10 +33,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rulebert import data as D  # noqa: E402
-from rulebert.config import TrainConfig  # noqa: E402
-from rulebert.evaluate import baseline_recipe, finetune_fit, loro_folds  # noqa: E402
-from rulebert.metrics import column_averaged_auc  # noqa: E402
+from rulebert.core.config import TrainConfig  # noqa: E402
+from rulebert.domain import data as D  # noqa: E402
+from rulebert.domain.metrics import column_averaged_auc  # noqa: E402
+from rulebert.evaluation.evaluate import baseline_recipe, finetune_fit, loro_folds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loro_ablation import rank_within_rule  # noqa: E402
@@ -99,7 +99,8 @@ def example_members(folds, model_path: str) -> pd.DataFrame:
 
 
 def own_examples(fold) -> pd.DataFrame:
-    """The held-out rule's example rows: what the example members (and ``rulebert.examples``) fit on."""
+    """The held-out rule's example rows: what the example members (and ``rulebert.domain.examples``) fit
+    on."""
     return fold.train_rows[fold.train_rows[D.RULE].isin(set(fold.score_rows[D.RULE]))]
 
 
@@ -117,8 +118,8 @@ def ce_scores(config: TrainConfig, folds, on_examples: list | None = None) -> np
 
 
 def _score(fit, config, rows) -> np.ndarray:
-    from rulebert.backends import predict_features
-    from rulebert.text import encode_frame
+    from rulebert.backend.torch_backend import predict_features
+    from rulebert.domain.text import encode_frame
 
     return np.asarray(predict_features(fit.model, fit.tokenizer, encode_frame(fit.tokenizer, rows, config)))
 
@@ -126,7 +127,7 @@ def _score(fit, config, rows) -> np.ndarray:
 def two_stage_scores(config: TrainConfig, folds, stage1: dict) -> np.ndarray:
     """Stage 1 on every labelled row (the other rules' bodies and examples too), then stage 2 from those
     weights, head kept, on the scored rules' rows as the default recipe trains."""
-    from rulebert.train import fit_rows, select_training_rules
+    from rulebert.training.train import fit_rows, select_training_rules
 
     out = []
     for fold in folds:
@@ -149,7 +150,7 @@ def pseudo_scores(config: TrainConfig, folds, first: np.ndarray, members: pd.Dat
     """Self-training on the scored comments (their text only): the first round's blend with the example
     members ranks them; the top and bottom ``share`` of each rule join the examples as pseudo-labelled rows,
     and the model is trained again from the base checkpoint."""
-    from rulebert.train import fit_rows, select_training_rules
+    from rulebert.training.train import fit_rows, select_training_rules
 
     out, start = [], 0
     for fold in folds:
@@ -212,7 +213,7 @@ def main() -> None:
     if members_file.exists():
         members = pd.read_csv(members_file)
     else:
-        from rulebert.model import resolve_checkpoint
+        from rulebert.model.backbones import resolve_checkpoint
 
         members = example_members(folds, resolve_checkpoint(base.model))
         members.to_csv(members_file, index=False)

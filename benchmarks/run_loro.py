@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from rulebert import data as D
+from rulebert.domain import data as D
 
 
 def main() -> None:

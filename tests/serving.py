@@ -33,7 +33,7 @@ def build_tiny_checkpoint(folder: Path) -> Path:
     """A random 2-layer, 32-wide BERT with MiniLM's tokenizer (as conftest's ``tiny_checkpoint``)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from rulebert.model import default_checkpoint
+    from rulebert.model.backbones import default_checkpoint
 
     tokenizer = AutoTokenizer.from_pretrained(default_checkpoint())
     config = BertConfig(
@@ -54,8 +54,9 @@ def build_tiny_checkpoint(folder: Path) -> Path:
 
 def make_model_dir(checkpoint: Path, out: Path, metrics: dict | None = None) -> Path:
     """A finished model dir (rulebert.json, metrics.json) around ``checkpoint``'s random weights."""
-    from rulebert.config import TrainConfig
-    from rulebert.model import load_checkpoint, save_model_dir
+    from rulebert.core.config import TrainConfig
+    from rulebert.model.backbones import load_checkpoint
+    from rulebert.model.model_dir import save_model_dir
 
     model, tokenizer = load_checkpoint(str(checkpoint))
     return save_model_dir(

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from rulebert.errors import RulebertError
-from rulebert.model import read_metrics, read_record, verify_model_dir
-from rulebert.rules import RuleStore, StoredRule, read_rules_jsonl, rules_from_competition
+from rulebert.core.errors import RulebertError
+from rulebert.domain.rules import StoredRule, read_rules_jsonl, rules_from_competition
+from rulebert.model.model_dir import read_metrics, read_record, verify_model_dir
+from rulebert.server.rule_store import RuleStore
 
 from .conftest import make_comment, make_frame
 
@@ -127,8 +128,8 @@ def test_store_refuses_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
 
 
 def test_adapt_writes_a_verifiable_model_that_knows_the_rule(model_dir: Path, tmp_path: Path) -> None:
-    from rulebert.adapt import adapt_model
-    from rulebert.predict import Scorer
+    from rulebert.inference.predict import Scorer
+    from rulebert.training.adapt import adapt_model
 
     before = Scorer(model_dir)
     assert before.mode(MEDICAL) == "zero-shot"
@@ -158,7 +159,7 @@ def test_adapt_writes_a_verifiable_model_that_knows_the_rule(model_dir: Path, tm
 
 
 def test_adapt_refuses_bad_requests_before_any_work(model_dir: Path, tmp_path: Path) -> None:
-    from rulebert.adapt import adapt_model
+    from rulebert.training.adapt import adapt_model
 
     one_sided = StoredRule("x", "No x", ("a", "b"), ())
     with pytest.raises(

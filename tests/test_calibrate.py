@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from rulebert.calibrate import Calibrator, calibrate_validation, fit_calibrator, logit
-from rulebert.errors import RulebertError
-from rulebert.metrics import best_f1_threshold, brier_score, expected_calibration_error
-from rulebert.model import CALIBRATION_FILE, load_calibrator, save_calibrator
+from rulebert.core.errors import RulebertError
+from rulebert.domain.calibration import Calibrator, calibrate_validation, fit_calibrator, logit
+from rulebert.domain.metrics import best_f1_threshold, brier_score, expected_calibration_error
+from rulebert.model.model_dir import CALIBRATION_FILE, load_calibrator, save_calibrator
 
 
 def miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The model card: ``README.md`` in every trained model dir (rulebert.card renders, rulebert.model writes)."""
+"""The model card: ``README.md`` in every trained model dir (rulebert.model.card renders,
+rulebert.model.model_dir writes)."""
 
 import json
 import re
@@ -8,14 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from rulebert.card import CARD_MARKER, is_card, render_card
-from rulebert.config import TrainConfig
-from rulebert.model import (
+from rulebert.core.config import TrainConfig
+from rulebert.model.backbones import load_checkpoint
+from rulebert.model.card import CARD_MARKER, is_card, render_card
+from rulebert.model.model_dir import (
     CARD_FILE,
     METRICS_FILE,
     RECORD_FILE,
     VALIDATION_SCOPE,
-    load_checkpoint,
     read_record,
     save_model_dir,
     verify_model_dir,
@@ -131,7 +132,7 @@ def test_uncalibrated_model_says_its_threshold_is_on_the_raw_score():
 
 
 def test_the_card_module_imports_no_torch():
-    code = "import sys, rulebert.card; assert not {'torch', 'transformers'} & set(sys.modules)"
+    code = "import sys, rulebert.model.card; assert not {'torch', 'transformers'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -141,7 +142,7 @@ def test_the_card_module_imports_no_torch():
 @pytest.fixture(scope="module")
 def trained(tiny_checkpoint, tmp_path_factory):
     """A tiny model trained for one epoch (validation, calibration, threshold), without the embedder."""
-    from rulebert.train import train_model
+    from rulebert.training.train import train_model
 
     from .conftest import make_frame
 
@@ -177,7 +178,7 @@ def test_the_card_is_not_hashed_and_editing_it_changes_nothing(trained):
 
 
 def test_the_transformers_example_of_the_card_gives_rulebert_s_raw_score(trained):
-    from rulebert.predict import Scorer
+    from rulebert.inference.predict import Scorer
 
     block = python_blocks((trained / CARD_FILE).read_text(encoding="utf-8"))[-1]
     namespace: dict = {}
@@ -215,12 +216,12 @@ def test_a_readme_of_the_user_s_own_is_kept_and_an_old_card_is_replaced(tiny_che
 
 
 def test_a_card_that_fails_to_render_costs_a_warning_not_the_model(tiny_checkpoint, tmp_path, monkeypatch):
-    import rulebert.card
+    import rulebert.model.card
 
     def broken(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(rulebert.card, "render_card", broken)
+    monkeypatch.setattr(rulebert.model.card, "render_card", broken)
     model, tokenizer = load_checkpoint(str(tiny_checkpoint))
     out = tmp_path / "model"
     with pytest.warns(UserWarning, match="README.md not written \\(boom\\)"):

@@ -167,7 +167,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, model_dir, data_dir,
     """ENOSPC while the submission is written: one line naming the file, exit 74, no file, no temp file."""
     import errno
 
-    from rulebert import files
+    from rulebert.core import files
 
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -3,8 +3,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rulebert import data as D
-from rulebert.errors import RulebertError
+from rulebert.core.errors import RulebertError
+from rulebert.domain import data as D
 
 from .conftest import make_frame
 

@@ -18,15 +18,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rulebert import data as D
-from rulebert.backends import cpu_has_native_bf16
-from rulebert.checkpoints import COMPLETE_MARKER, complete_checkpoints, mark_complete, resume_checkpoint
-from rulebert.config import TrainConfig
-from rulebert.errors import RulebertError
-from rulebert.metrics import classification_metrics
-from rulebert.model import METRICS_FILE, RECORD_FILE, read_record, verify_model_dir
-from rulebert.predict import Scorer
-from rulebert.train import CHECKPOINT_DIR, prepare_rows
+from rulebert.backend.device import cpu_has_native_bf16
+from rulebert.core.config import TrainConfig
+from rulebert.core.errors import RulebertError
+from rulebert.domain import data as D
+from rulebert.domain.metrics import classification_metrics
+from rulebert.inference.predict import Scorer
+from rulebert.model.model_dir import METRICS_FILE, RECORD_FILE, read_record, verify_model_dir
+from rulebert.training.checkpoints import (
+    COMPLETE_MARKER,
+    complete_checkpoints,
+    mark_complete,
+    resume_checkpoint,
+)
+from rulebert.training.train import CHECKPOINT_DIR, prepare_rows
 
 from .conftest import make_frame
 

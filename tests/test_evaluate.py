@@ -3,7 +3,7 @@ import math
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from rulebert.metrics import classification_metrics, column_averaged_auc
+from rulebert.domain.metrics import classification_metrics, column_averaged_auc
 
 
 def test_column_averaged_auc_is_mean_of_per_rule_aucs():

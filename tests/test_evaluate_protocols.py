@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rulebert import data as D
 from rulebert.cli import main
-from rulebert.errors import RulebertError
-from rulebert.evaluate import (
+from rulebert.core.errors import RulebertError
+from rulebert.domain import data as D
+from rulebert.evaluation.evaluate import (
     EVALUATION_FILE,
     PREDICTIONS_FILE,
     ROC_FILE,
@@ -182,7 +182,7 @@ def test_cli_evaluate_kfold_with_tiny_model(tmp_path: Path, tiny_checkpoint: Pat
 def test_finetune_recipe_blends_each_rule_with_its_examples_as_the_scorer_does(
     tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
-    from rulebert.config import TrainConfig
+    from rulebert.core.config import TrainConfig
 
     train = tmp_path / "train.csv"
     make_frame(40, seed=12).to_csv(train, index=False)
@@ -206,13 +206,15 @@ def test_finetune_recipe_blends_each_rule_with_its_examples_as_the_scorer_does(
 def test_the_blend_exports_the_embedder_of_the_resolved_base_checkpoint(tmp_path: Path, monkeypatch) -> None:
     """``--model default`` names the bundled MiniLM: the embedder must be exported from its folder (the
     sentinel itself is no checkpoint, and the blend would silently lose its embedding member)."""
-    import rulebert.train
-    from rulebert.config import TrainConfig
-    from rulebert.evaluate import blend_with_examples
-    from rulebert.model import resolve_checkpoint
+    import rulebert.training.train
+    from rulebert.core.config import TrainConfig
+    from rulebert.evaluation.evaluate import blend_with_examples
+    from rulebert.model.backbones import resolve_checkpoint
 
     asked = []
-    monkeypatch.setattr(rulebert.train, "export_embedder_or_warn", lambda folder, base: asked.append(base))
+    monkeypatch.setattr(
+        rulebert.training.train, "export_embedder_or_warn", lambda folder, base: asked.append(base)
+    )
 
     class Tokenizer:
         def save_pretrained(self, folder: Path) -> None:

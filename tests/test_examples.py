@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from rulebert.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule
-from rulebert.predict import Scorer
+from rulebert.domain.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule
+from rulebert.inference.predict import Scorer
 
 from .conftest import RULES, make_comment
 
@@ -90,8 +90,8 @@ def test_cache_keeps_the_most_recent_rules():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_checkpoint):
-    from rulebert.config import TrainConfig
-    from rulebert.train import train_model
+    from rulebert.core.config import TrainConfig
+    from rulebert.training.train import train_model
 
     from .conftest import make_frame
 
@@ -168,7 +168,7 @@ def test_score_command_uses_the_examples(trained, tmp_path):
 def test_http_answers_carry_mode_flagged_and_evidence(trained):
     from fastapi.testclient import TestClient
 
-    from rulebert.serve import create_app
+    from rulebert.server.app import create_app
 
     client = TestClient(create_app(trained))
     examples = medical_examples()
@@ -197,7 +197,7 @@ def test_http_answers_carry_mode_flagged_and_evidence(trained):
 def test_a_trained_rule_blends_with_enough_examples_and_keeps_its_mode(trained):
     from dataclasses import replace
 
-    from rulebert.examples import MIN_BLEND_EXAMPLES
+    from rulebert.domain.examples import MIN_BLEND_EXAMPLES
 
     scorer = Scorer(trained)
     trained_rule = next(iter(RULES))
@@ -224,7 +224,7 @@ def test_a_trained_rule_blends_with_enough_examples_and_keeps_its_mode(trained):
 
 
 def test_predict_file_pools_each_rules_example_cells(trained, tmp_path):
-    from rulebert.predict import pooled_examples, predict_file
+    from rulebert.inference.predict import pooled_examples, predict_file
 
     from .conftest import make_frame
 

@@ -5,20 +5,14 @@ import json
 import numpy as np
 import pytest
 
+from rulebert.backend.export import export_onnx
 from rulebert.cli import main
-from rulebert.config import TrainConfig
-from rulebert.errors import RulebertError
-from rulebert.export import export_onnx
-from rulebert.files import sha256_file
-from rulebert.model import (
-    ONNX_FILE,
-    ONNX_INT8_FILE,
-    ONNX_RECORD,
-    load_checkpoint,
-    save_model_dir,
-    verify_model_dir,
-)
-from rulebert.predict import Scorer
+from rulebert.core.config import TrainConfig
+from rulebert.core.errors import RulebertError
+from rulebert.core.files import sha256_file
+from rulebert.inference.predict import Scorer
+from rulebert.model.backbones import load_checkpoint
+from rulebert.model.model_dir import ONNX_FILE, ONNX_INT8_FILE, ONNX_RECORD, save_model_dir, verify_model_dir
 
 BODIES = [" ".join(["word"] * n) + " buy cheap" for n in (1, 40, 3, 25, 7, 90)]
 RULES = ["No advertising", "No legal advice"] * 3
@@ -77,8 +71,8 @@ def test_cli_export_then_predict_says_which_backend(model_dir, data_dir, tmp_pat
 def test_light_tokenizer_encodes_and_pads_like_transformers(model_dir, input_format):
     from transformers import AutoTokenizer
 
-    from rulebert.backends import LightTokenizer
-    from rulebert.text import encode_rows
+    from rulebert.backend.onnx_backend import LightTokenizer
+    from rulebert.domain.text import encode_rows
 
     hf, light = AutoTokenizer.from_pretrained(str(model_dir)), LightTokenizer(model_dir)
     bodies = [*BODIES, "Ünïcode  ÉMOJI 🙂 and\\nnewlines", " ".join(["long"] * 200)]

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rulebert import data as D
-from rulebert.errors import RulebertError
+from rulebert.core.errors import RulebertError
+from rulebert.domain import data as D
 
 
 def fast(examples: int) -> settings:
@@ -242,8 +242,9 @@ def test_read_csv_one_megabyte_cells(tmp_path):
 @pytest.fixture(scope="module")
 def model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     """An untrained but complete model dir: enough to exercise reading, scoring and writing."""
-    from rulebert.config import TrainConfig
-    from rulebert.model import load_checkpoint, save_model_dir
+    from rulebert.core.config import TrainConfig
+    from rulebert.model.backbones import load_checkpoint
+    from rulebert.model.model_dir import save_model_dir
 
     config = TrainConfig(model=str(tiny_checkpoint), max_length=32)
     model, tokenizer = load_checkpoint(config.model)

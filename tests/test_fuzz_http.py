@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rulebert.serve import create_app
+from rulebert.server.app import create_app
 
 from .serving import make_model_dir
 

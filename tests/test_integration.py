@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from rulebert.config import TrainConfig
-from rulebert.predict import predict_file
-from rulebert.train import train_model
+from rulebert.core.config import TrainConfig
+from rulebert.inference.predict import predict_file
+from rulebert.training.train import train_model
 
 from .conftest import make_frame
 

@@ -4,16 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rulebert.config import TrainConfig
-from rulebert.errors import RulebertError
-from rulebert.model import (
-    RECORD_FILE,
-    check_output_dir,
-    load_checkpoint,
-    load_model_dir,
-    resolve_checkpoint,
-    save_model_dir,
-)
+from rulebert.core.config import TrainConfig
+from rulebert.core.errors import RulebertError
+from rulebert.model.backbones import load_checkpoint, resolve_checkpoint
+from rulebert.model.model_dir import RECORD_FILE, check_output_dir, load_model_dir, save_model_dir
 
 
 def test_default_checkpoint_resolves_to_the_bundled_minilm():

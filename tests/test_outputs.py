@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rulebert import model as M
-from rulebert import predict as P
 from rulebert.cli import main
-from rulebert.errors import RulebertError
-from rulebert.model import RECORD_FILE, load_model_dir
-from rulebert.train import CHECKPOINT_DIR
+from rulebert.core.errors import RulebertError
+from rulebert.inference import predict as P
+from rulebert.model import model_dir as M
+from rulebert.model.model_dir import RECORD_FILE, load_model_dir
+from rulebert.training.train import CHECKPOINT_DIR
 
 
 def _train_args(tiny_checkpoint: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rulebert.backends import token_budget_batches
-from rulebert.errors import RulebertError
-from rulebert.predict import Scorer, check_submission, predict_file
+from rulebert.backend.batching import token_budget_batches
+from rulebert.core.errors import RulebertError
+from rulebert.inference.predict import Scorer, check_submission, predict_file
 
 
 def test_token_budget_batches_cover_every_row_once():

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from rulebert.cli import main
-from rulebert.errors import RulebertError
-from rulebert.predict import Scorer
-from rulebert.score import rules_to_score, score_stream
-from rulebert.score_ray import score_shards
+from rulebert.core.errors import RulebertError
+from rulebert.inference.predict import Scorer
+from rulebert.scoring.local import rules_to_score, score_stream
+from rulebert.scoring.ray_engine import score_shards
 from tests.serving import COMMENTS, RULE, make_model_dir
 
 ray = pytest.importorskip("ray")

@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rulebert import report
-from rulebert.config import TrainConfig
-from rulebert.model import CALIBRATION_FILE, load_calibrator
-from rulebert.report import HTML_FILE, PREDICTIONS_FILE, write_html_report, write_model_report
+from rulebert.core.config import TrainConfig
+from rulebert.model import report
+from rulebert.model.model_dir import CALIBRATION_FILE, load_calibrator
+from rulebert.model.report import HTML_FILE, PREDICTIONS_FILE, write_html_report, write_model_report
 
 
 class ImageSources(HTMLParser):
@@ -55,7 +55,7 @@ def test_report_has_every_picture_it_references(tmp_path):
 
 
 def test_header_numbers_match_the_data(tmp_path):
-    from rulebert.metrics import column_averaged_auc
+    from rulebert.domain.metrics import column_averaged_auc
 
     labels, scores, rules, _ = synthetic(seed=1)
     page = write_html_report(tmp_path, "t", labels, scores, rules, threshold=0.5).read_text(encoding="utf-8")
@@ -92,7 +92,7 @@ def test_no_validation_rows_gives_a_page_without_plots(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tiny_checkpoint, tmp_path_factory):
-    from rulebert.train import train_model
+    from rulebert.training.train import train_model
 
     from .conftest import make_frame
 
@@ -106,8 +106,8 @@ def trained(tiny_checkpoint, tmp_path_factory):
 
 
 def test_training_writes_calibration_threshold_and_report(trained):
-    from rulebert.metrics import column_averaged_auc
-    from rulebert.predict import Scorer
+    from rulebert.domain.metrics import column_averaged_auc
+    from rulebert.inference.predict import Scorer
 
     model_dir, result = trained
     metrics = json.loads((model_dir / "metrics.json").read_text())

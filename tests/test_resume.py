@@ -16,18 +16,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rulebert.checkpoints import (
+from rulebert.core.config import TrainConfig
+from rulebert.core.errors import RulebertError
+from rulebert.inference.predict import Scorer
+from rulebert.model.model_dir import RECORD_FILE
+from rulebert.training.checkpoints import (
     COMPLETE_MARKER,
     checkpoint_problem,
     complete_checkpoints,
     mark_complete,
     resume_checkpoint,
 )
-from rulebert.config import TrainConfig
-from rulebert.errors import RulebertError
-from rulebert.model import RECORD_FILE
-from rulebert.predict import Scorer
-from rulebert.train import CHECKPOINT_DIR, train_model
+from rulebert.training.train import CHECKPOINT_DIR, train_model
 
 from .conftest import make_frame
 

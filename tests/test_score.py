@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from rulebert.cli import main
-from rulebert.errors import RulebertError
-from rulebert.predict import Scorer
-from rulebert.score import Examples, read_examples, score_stream
+from rulebert.core.errors import RulebertError
+from rulebert.inference.predict import Scorer
+from rulebert.scoring.local import Examples, read_examples, score_stream
 from tests.serving import COMMENTS, RULE, make_model_dir
 
 
@@ -168,7 +168,7 @@ def test_cli_missing_input_exits_2(model_dir, tmp_path, capsys):
 
 
 def test_rules_file_scores_every_rule_in_one_pass(model_dir, scorer, tmp_path, monkeypatch):
-    import rulebert.predict
+    import rulebert.inference.predict
 
     rules = tmp_path / "rules.jsonl"
     rules.write_text(
@@ -181,8 +181,10 @@ def test_rules_file_scores_every_rule_in_one_pass(model_dir, scorer, tmp_path, m
     with open(source, "w", newline="") as handle:
         csv.writer(handle).writerows([["body"], *([c] for c in COMMENTS)])
     loads = []
-    real = rulebert.predict.Scorer
-    monkeypatch.setattr(rulebert.predict, "Scorer", lambda *a, **k: loads.append(1) or real(*a, **k))
+    real = rulebert.inference.predict.Scorer
+    monkeypatch.setattr(
+        rulebert.inference.predict, "Scorer", lambda *a, **k: loads.append(1) or real(*a, **k)
+    )
     out = tmp_path / "out.csv"
     assert main(["score", "--model-dir", str(model_dir), "--rules", str(rules), "--input", str(source),
                  "--output", str(out), "--no-progress"]) == 0  # fmt: skip

@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 
 from rulebert.cli import main
-from rulebert.config import TrainConfig
-from rulebert.errors import RulebertError
-from rulebert.files import sha256_file
-from rulebert.model import (
+from rulebert.core.config import TrainConfig
+from rulebert.core.errors import RulebertError
+from rulebert.core.files import sha256_file
+from rulebert.model.backbones import load_checkpoint
+from rulebert.model.model_dir import (
     CALIBRATION_FILE,
     RECORD_FILE,
     load_calibrator,
-    load_checkpoint,
     save_calibrator,
     save_model_dir,
     verify_model_dir,
@@ -136,7 +136,7 @@ def test_a_file_changed_after_training_is_refused(calibrated_dir, data_dir, tmp_
 
 
 def test_the_onnx_path_checks_the_same_files(model_dir, data_dir, tmp_path, capsys):
-    from rulebert.export import export_onnx
+    from rulebert.backend.export import export_onnx
 
     export_onnx(model_dir)
     tokenizer = model_dir / "tokenizer.json"  # the ONNX backend's tokenizer reads it without transformers
@@ -154,7 +154,7 @@ def test_a_scored_file_added_after_training_is_refused(model_dir):
 
 
 def test_save_calibrator_records_the_new_hash(calibrated_dir):
-    from rulebert.calibrate import Calibrator
+    from rulebert.domain.calibration import Calibrator
 
     save_calibrator(Calibrator("platt", {"slope": 2.0, "intercept": 0.0}), calibrated_dir)
     verify_model_dir(calibrated_dir)
@@ -315,7 +315,7 @@ def test_train_refuses_a_checkpoint_with_its_own_code(tiny_checkpoint, data_dir,
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_predict_refuses_a_model_dir_with_its_own_code(model_dir, data_dir, tmp_path, capsys, backend):
     if backend == "onnx":
-        from rulebert.export import export_onnx
+        from rulebert.backend.export import export_onnx
 
         export_onnx(model_dir)
     sentinel = tmp_path / "code-ran"
@@ -378,8 +378,8 @@ def test_a_foreign_folder_without_checkpoints_is_refused_unless_overwrite(
 def test_train_with_keep_checkpoints_then_retrain_removes_only_rulebert_checkpoints(
     tiny_checkpoint, data_dir, tmp_path
 ):
-    from rulebert.checkpoints import OWNER_MARKER
-    from rulebert.train import train_model
+    from rulebert.training.checkpoints import OWNER_MARKER
+    from rulebert.training.train import train_model
 
     config = TrainConfig(model=str(tiny_checkpoint), epochs=1, max_length=32, val_fraction=0)
     out = tmp_path / "m"
@@ -423,7 +423,7 @@ def test_a_5_mb_comment_is_scored_from_its_first_characters(model_dir, tmp_path,
     assert written[0]["probability"] == written[1]["probability"]
     assert 0 < longest[0] <= 64 * 100  # the tokenizer never saw more than max_length x 100 characters
 
-    from rulebert.predict import Scorer
+    from rulebert.inference.predict import Scorer
 
     scorer = Scorer(model_dir, backend="torch")
     big, small = scorer.encode([huge, huge[:100_000]], [RULE, RULE])
@@ -480,7 +480,7 @@ def test_train_config_checks_python_callers_too(values, message):
 
 
 def test_reading_a_csv_with_a_200_kb_cell_restores_the_field_limit(tmp_path):
-    from rulebert.data import read_csv
+    from rulebert.domain.data import read_csv
 
     frame = pd.DataFrame({"body": ["x" * 200_000, "short"], "rule": ["r", "r"], "rule_violation": [1, 0]})
     frame.to_csv(tmp_path / "train.csv", index=False)

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from rulebert.cli import main
-from rulebert.predict import Scorer
-from rulebert.score import defuse_formulas, score_stream
+from rulebert.inference.predict import Scorer
+from rulebert.scoring.local import defuse_formulas, score_stream
 from tests.serving import RULE, make_model_dir
 
 DANGEROUS = ['=HYPERLINK("http://evil.example","click")', "+1+2", "-2+3", "@SUM(A1:A9)", "\tfoo", "\r=1+1"]

@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from rulebert.errors import RulebertError
-from rulebert.serve import MAX_BODY_BYTES, MAX_ERRORS, allowed_hosts_for, create_app
+from rulebert.core.errors import RulebertError
+from rulebert.server.app import MAX_BODY_BYTES, MAX_ERRORS, allowed_hosts_for, create_app
 from tests.serving import COMMENTS, RULE, free_port, make_model_dir
 
 KEY = "s3cret-key-for-tests_0123456789"
@@ -186,16 +186,16 @@ class FakeScorer:
 def test_create_app_key_is_compared_in_constant_time(monkeypatch):
     from fastapi.testclient import TestClient
 
-    import rulebert.serve
+    import rulebert.server.app
 
     calls = []
-    real = rulebert.http_guard.hmac.compare_digest
+    real = rulebert.server.guard.hmac.compare_digest
 
     def spy(a, b):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(rulebert.http_guard.hmac, "compare_digest", spy)
+    monkeypatch.setattr(rulebert.server.guard.hmac, "compare_digest", spy)
     client = TestClient(create_app(FakeScorer(), api_key=f" {KEY}\n"))
     assert client.get("/v1/model").status_code == 401
     assert client.get("/v1/model", headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -214,7 +214,7 @@ def test_create_app_key_is_compared_in_constant_time(monkeypatch):
 def test_binding_beyond_loopback_warns_without_a_key(model_dir, monkeypatch, capsys):
     import uvicorn
 
-    from rulebert.serve import run_server
+    from rulebert.server.app import run_server
 
     runs = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: runs.append(kwargs))

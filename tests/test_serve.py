@@ -10,8 +10,15 @@ import httpx
 import numpy as np
 import pytest
 
-from rulebert.predict import Scorer
-from rulebert.serve import MAX_BATCH, MAX_BODY_BYTES, MAX_COMMENT_BYTES, MAX_EXAMPLES, MAX_RULES, create_app
+from rulebert.inference.predict import Scorer
+from rulebert.server.app import (
+    MAX_BATCH,
+    MAX_BODY_BYTES,
+    MAX_COMMENT_BYTES,
+    MAX_EXAMPLES,
+    MAX_RULES,
+    create_app,
+)
 from tests.serving import COMMENTS, RULE, make_model_dir, start_server
 
 METRICS = {"validation": {"roc_auc": 0.61, "col_auc": 0.58}, "threshold": 0.37}

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from rulebert.serve import create_app
+from rulebert.server.app import create_app
 from tests.serving import COMMENTS, RULE, make_model_dir, start_server
 
 from .test_adapt import MEDICAL, medical_rule

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rulebert.backends import predict_features
-from rulebert.predict import Scorer, predict_file
+from rulebert.backend.torch_backend import predict_features
+from rulebert.inference.predict import Scorer, predict_file
 
 
 def test_chunked_predict_file_matches_one_chunk(model_dir, data_dir, tmp_path):

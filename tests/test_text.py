@@ -1,8 +1,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from rulebert.model import default_checkpoint
-from rulebert.text import encode_rows, first_segment
+from rulebert.domain.text import encode_rows, first_segment
+from rulebert.model.backbones import default_checkpoint
 
 RULE = "No legal advice: do not offer or request legal advice."
 LONG_BODY = " ".join(["lawyer contract question"] * 200)

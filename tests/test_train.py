@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rulebert.config import TrainConfig
-from rulebert.errors import RulebertError
-from rulebert.model import METRICS_FILE, RECORD_FILE, read_record
-from rulebert.predict import Scorer
-from rulebert.train import CHECKPOINT_DIR, train_model
+from rulebert.core.config import TrainConfig
+from rulebert.core.errors import RulebertError
+from rulebert.inference.predict import Scorer
+from rulebert.model.model_dir import METRICS_FILE, RECORD_FILE, read_record
+from rulebert.training.train import CHECKPOINT_DIR, train_model
 
 
 def tiny_config(tiny_checkpoint, **overrides):
@@ -55,9 +55,9 @@ def test_metrics_per_epoch_and_best_epoch_kept(trained):
 
 def test_the_saved_model_is_the_best_epoch(trained, tiny_checkpoint):
     """Scoring the validation split again reproduces the best epoch's col AUC: the best model was kept."""
-    from rulebert import data as D
-    from rulebert.metrics import classification_metrics
-    from rulebert.train import prepare_rows
+    from rulebert.domain import data as D
+    from rulebert.domain.metrics import classification_metrics
+    from rulebert.training.train import prepare_rows
 
     folder, config, result = trained
     rows, _ = prepare_rows(config, folder / "train.csv", folder / "test.csv")
@@ -105,9 +105,9 @@ def test_template_input_format_trains(tiny_checkpoint, data_dir, tmp_path):
 
 def test_keep_last_epoch(tiny_checkpoint, data_dir, tmp_path):
     """The default keeps the last epoch: its metrics are reported and its weights are the ones saved."""
-    from rulebert import data as D
-    from rulebert.metrics import classification_metrics
-    from rulebert.train import prepare_rows
+    from rulebert.domain import data as D
+    from rulebert.domain.metrics import classification_metrics
+    from rulebert.training.train import prepare_rows
 
     config = tiny_config(tiny_checkpoint, epochs=3)
     assert config.keep == "last"
@@ -124,7 +124,7 @@ def test_keep_last_epoch(tiny_checkpoint, data_dir, tmp_path):
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    from rulebert.backends import cpu_has_native_bf16
+    from rulebert.backend.device import cpu_has_native_bf16
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni\n")
@@ -135,14 +135,14 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
 
 
 def test_bf16_on_needs_hardware_for_it(monkeypatch):
-    from rulebert import backends
+    from rulebert.backend import device
 
-    monkeypatch.setattr(backends, "bf16_device", lambda: None)
-    assert not backends.training_bf16("auto")
+    monkeypatch.setattr(device, "bf16_device", lambda: None)
+    assert not device.training_bf16("auto")
     with pytest.raises(RulebertError, match="bf16"):
-        backends.training_bf16("on")
-    monkeypatch.setattr(backends, "bf16_device", lambda: "cpu")
-    assert backends.training_bf16("auto") and not backends.training_bf16("off")
+        device.training_bf16("on")
+    monkeypatch.setattr(device, "bf16_device", lambda: "cpu")
+    assert device.training_bf16("auto") and not device.training_bf16("off")
 
 
 def test_bf16_training_on_a_cpu_reports_what_the_saved_model_scores(
@@ -152,12 +152,12 @@ def test_bf16_training_on_a_cpu_reports_what_the_saved_model_scores(
     metrics (down to the loss) are what the saved model reproduces."""
     import torch
 
-    from rulebert import backends
-    from rulebert import data as D
-    from rulebert.train import prepare_rows
+    from rulebert.backend import device
+    from rulebert.domain import data as D
+    from rulebert.training.train import prepare_rows
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda *a: True)  # emulated where the CPU lacks it
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda *a: True)  # emulated where the CPU lacks it
     config = tiny_config(tiny_checkpoint, epochs=1)
     result = train_model(config, data_dir / "train.csv", tmp_path / "m", progress=False)
     assert result.metrics["device"] == "cpu" and result.metrics["bf16"]
@@ -190,10 +190,10 @@ def test_training_checks_the_int8_file_against_torch(trained):
 
 
 def test_training_writes_an_int8_file_that_scoring_uses(tiny_checkpoint, data_dir, tmp_path, monkeypatch):
-    import rulebert.export
+    import rulebert.backend.export
 
-    monkeypatch.setattr(rulebert.export, "INT8_AUC_TOLERANCE", 1.0)  # the tiny model passes any check
-    monkeypatch.setattr(rulebert.export, "MIN_SPEARMAN", -1.0)
+    monkeypatch.setattr(rulebert.backend.export, "INT8_AUC_TOLERANCE", 1.0)  # the tiny model passes any check
+    monkeypatch.setattr(rulebert.backend.export, "MIN_SPEARMAN", -1.0)
     result = train_model(
         tiny_config(tiny_checkpoint, epochs=1), data_dir / "train.csv", tmp_path / "m", progress=False
     )
@@ -216,17 +216,17 @@ def test_no_export_writes_no_int8_file(tiny_checkpoint, data_dir, tmp_path):
 def test_an_int8_file_that_ranks_differently_is_not_kept(trained, tmp_path, monkeypatch):
     import shutil
 
-    import rulebert.export
-    from rulebert.model import read_onnx_record
+    import rulebert.backend.export
+    from rulebert.model.model_dir import read_onnx_record
 
     folder, _config, _result = trained
     model = shutil.copytree(folder / "model", tmp_path / "model")
-    monkeypatch.setattr(rulebert.export, "INT8_AUC_TOLERANCE", -1.0)  # no int8 file can be this good
-    monkeypatch.setattr(rulebert.export, "MIN_SPEARMAN", -1.0)
+    monkeypatch.setattr(rulebert.backend.export, "INT8_AUC_TOLERANCE", -1.0)  # no int8 file can be this good
+    monkeypatch.setattr(rulebert.backend.export, "MIN_SPEARMAN", -1.0)
     scorer = Scorer(model, backend="torch")
     texts = ["buy cheap now", "nice movie", "click for a discount", "my family dog"]
     features = scorer.encode(texts, ["No advertising"] * 4)
-    check = rulebert.export.export_int8_checked(
+    check = rulebert.backend.export.export_int8_checked(
         model, features, scorer.score(texts, ["No advertising"] * 4), [1, 0, 1, 0], ["r"] * 4
     )
     assert check["written"] is False and "beyond the tolerance -1.0" in check["reason"]

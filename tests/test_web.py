@@ -40,7 +40,7 @@ COMMENTS_SHOWN = [*COMMENTS, "<b>not bold</b> & a tag that must stay text"]
 def model_dir(tiny_checkpoint, tmp_path_factory):
     """A model dir whose recommended threshold is the median score of the comments the test types, so
     that some land above the mark and some below."""
-    from rulebert.predict import Scorer
+    from rulebert.inference.predict import Scorer
 
     model_dir = make_model_dir(tiny_checkpoint, tmp_path_factory.mktemp("web") / "model")
     scores = Scorer(model_dir, device="cpu").score(COMMENTS_SHOWN, [RULE] * len(COMMENTS_SHOWN))

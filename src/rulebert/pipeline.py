@@ -1,7 +1,9 @@
 """The competition flow in one call: train on train.csv + test.csv's examples, predict test.csv.
 
-``rulebert run`` reads top to bottom here: :func:`rulebert.train.train_model` (rows -> Trainer -> model dir
-with calibration and report.html), :func:`rulebert.predict.predict_file` (Scorer -> submission.csv), then a
+``rulebert run`` reads top to bottom here: :func:`rulebert.training.train.train_model` (rows -> Trainer ->
+model dir
+with calibration and report.html), :func:`rulebert.inference.predict.predict_file` (Scorer ->
+submission.csv), then a
 short report.md that points at the model dir's report.html (drawn once, by training).
 """
 
@@ -11,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rulebert.config import TrainConfig
-from rulebert.errors import RulebertError
-from rulebert.model import REPORT_FILE as MODEL_REPORT_FILE
-from rulebert.predict import predict_file
-from rulebert.report import write_markdown_report
-from rulebert.train import train_model
+from rulebert.core.config import TrainConfig
+from rulebert.core.errors import RulebertError
+from rulebert.inference.predict import predict_file
+from rulebert.model.model_dir import REPORT_FILE as MODEL_REPORT_FILE
+from rulebert.model.report import write_markdown_report
+from rulebert.training.train import train_model
 
 MODEL_SUBDIR = "model"
 SUBMISSION_FILE = "submission.csv"

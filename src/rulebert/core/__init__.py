@@ -1,0 +1,1 @@
+"""Foundations: one-line errors, atomic file writes, the validated training configuration."""

@@ -1,0 +1,118 @@
+"""How a (rule, subreddit, comment) row becomes model input.
+
+Two forms, chosen by ``TrainConfig.input_format``:
+
+- ``pair`` (default): the rule (optionally followed by ``r/subreddit``) is the first segment and the
+  comment the second, the way a cross-encoder reads (query, document). Truncation cuts only the comment.
+- ``template``: the competition notebook's single string ``r/{subreddit}\\nRule: {rule}\\n{comment}``;
+  here too the comment is shortened first, so the rule is never cut away.
+
+Rows are tokenised once, without padding: the collator pads each batch to its own longest row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rulebert.core.config import TrainConfig
+
+TEMPLATE = "r/{subreddit}\nRule: {rule}\n"
+
+# A rule longer than this share of max_length is itself shortened: a comment must keep some room.
+_MAX_FIRST_SEGMENT_SHARE = 0.75
+# Texts are cut to max_length x this many characters *before* tokenising: a WordPiece token covers at most
+# 100 characters of a word (a longer word is one [UNK]), so the cut never changes the tokens that truncation
+# keeps for real text, while a 20 MB JSONL line no longer becomes millions of tokens (3.4 GB of memory).
+_MAX_CHARS_PER_TOKEN = 100
+
+
+def cut_for_tokenizer(texts: Sequence[str], max_length: int) -> list[str]:
+    """Each text cut to the characters that ``max_length`` tokens can use (see ``_MAX_CHARS_PER_TOKEN``)."""
+    limit = max_length * _MAX_CHARS_PER_TOKEN
+    return [text if len(text) <= limit else text[:limit] for text in texts]
+
+
+def first_segment(rule: str, subreddit: str, include_subreddit: bool) -> str:
+    """The text that describes the rule in the pair form."""
+    if include_subreddit and subreddit:
+        return f"{rule} r/{subreddit}"
+    return rule
+
+
+def _shorten_to_tokens(tokenizer: Any, texts: Sequence[str], budgets: Sequence[int]) -> list[str]:
+    """Cut each text to at most ``budget`` tokens, at a token boundary (needs a fast tokenizer)."""
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for text, offsets, budget in zip(texts, encoded["offset_mapping"], budgets, strict=True):
+        if len(offsets) <= budget:
+            out.append(text)
+        else:
+            out.append(text[: offsets[max(budget, 0) - 1][1]] if budget > 0 else "")
+    return out
+
+
+def encode_rows(
+    tokenizer: Any,
+    rules: Sequence[str],
+    bodies: Sequence[str],
+    subreddits: Sequence[str] | None = None,
+    *,
+    input_format: str = "pair",
+    include_subreddit: bool = False,
+    max_length: int = 256,
+) -> list[dict[str, list[int]]]:
+    """Tokenise rows into unpadded features (``input_ids``, ``attention_mask``, maybe ``token_type_ids``)."""
+    if subreddits is None:
+        subreddits = [""] * len(bodies)
+    if not len(rules) == len(bodies) == len(subreddits):
+        raise ValueError("rules, bodies and subreddits must have the same length")
+    if not bodies:
+        return []
+    rules, bodies = cut_for_tokenizer(rules, max_length), cut_for_tokenizer(bodies, max_length)
+    subreddits = cut_for_tokenizer(subreddits, max_length)
+    rule_budget = int(max_length * _MAX_FIRST_SEGMENT_SHARE)
+    if input_format == "pair":
+        firsts = [first_segment(r, s, include_subreddit) for r, s in zip(rules, subreddits, strict=True)]
+        firsts = _shorten_to_tokens(tokenizer, firsts, [rule_budget] * len(firsts))
+        encoded = tokenizer(firsts, list(bodies), truncation="only_second", max_length=max_length)
+    elif input_format == "template":
+        headers = [TEMPLATE.format(subreddit=s, rule=r) for r, s in zip(rules, subreddits, strict=True)]
+        headers = _shorten_to_tokens(tokenizer, headers, [rule_budget] * len(headers))
+        header_lengths = [len(ids) for ids in tokenizer(headers, add_special_tokens=False)["input_ids"]]
+        special = tokenizer.num_special_tokens_to_add(pair=False)
+        budgets = [max_length - special - n for n in header_lengths]
+        bodies = _shorten_to_tokens(tokenizer, bodies, budgets)
+        # Joining can merge tokens at the seam; truncation=True is only a guard and cuts the comment's end.
+        joined = [h + b for h, b in zip(headers, bodies, strict=True)]
+        encoded = tokenizer(joined, truncation=True, max_length=max_length)
+    else:
+        raise ValueError(f"unknown input_format {input_format!r} (use 'pair' or 'template')")
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(bodies))]
+
+
+def encode_frame(tokenizer: Any, rows: pd.DataFrame, config: TrainConfig) -> list[dict[str, list[int]]]:
+    """:func:`encode_rows` for a frame of labelled rows (``text``, ``rule``, ``subreddit`` columns, as
+    ``rulebert.domain.data`` makes them), with the input settings a model was trained with."""
+    return encode_rows(
+        tokenizer,
+        rows["rule"].tolist(),
+        rows["text"].tolist(),
+        rows["subreddit"].tolist(),
+        input_format=config.input_format,
+        include_subreddit=config.include_subreddit,
+        max_length=config.max_length,
+    )
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int = 256) -> list[dict[str, list[int]]]:
+    """Tokenise single texts (no rule segment) into unpadded features: what a sentence embedder reads."""
+    if not texts:
+        return []
+    encoded = tokenizer(cut_for_tokenizer(texts, max_length), truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]

@@ -1,0 +1,2 @@
+"""Model files: the model-dir format, base checkpoints (backbones), integrity checks, the card and the
+training report."""

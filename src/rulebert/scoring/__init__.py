@@ -1,0 +1,1 @@
+"""Front end: score a file of comments against rules, here or on a Ray cluster."""

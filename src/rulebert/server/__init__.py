@@ -1,0 +1,1 @@
+"""Front end: the HTTP API and web page, with its guard, request schema and state."""

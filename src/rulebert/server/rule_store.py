@@ -1,0 +1,88 @@
+"""The server's stored rules: an SQLite file under ``rulebert serve --state-dir`` (``PUT /v1/rules/<id>``).
+
+A small class (put, get, list, delete) on purpose: a deployment that wants rules in a shared database
+re-implements these four methods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rulebert.core.errors import RulebertError
+from rulebert.domain.rules import StoredRule, check_rule_id
+
+
+class RuleStore:
+    """Rules kept in an SQLite file: create/replace, read, list, delete. Safe from many threads (a connection
+    per call) and from several processes on one machine (SQLite's locking; WAL journal).
+
+    SQLite wants a local disk: several servers sharing one rule set should share one server (clients
+    are cheap), or point ``--rules-db`` at a file only one of them writes.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._connect() as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(
+                    "CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL)"
+                )
+        except sqlite3.DatabaseError as err:
+            raise RulebertError(f"{self.path}: not a usable rules database ({err})") from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(self.path, timeout=30)
+        try:
+            with connection:  # commits, or rolls back on an error
+                yield connection
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _row(rule_id: str, body: str, updated: float) -> StoredRule:
+        payload = json.loads(body)
+        return StoredRule(
+            rule_id,
+            payload["text"],
+            tuple(payload["positive_examples"]),
+            tuple(payload["negative_examples"]),
+            updated,
+        )
+
+    def put(self, rule: StoredRule) -> tuple[StoredRule, bool]:
+        """Create or replace a rule; returns it (with its time) and whether it is new."""
+        check_rule_id(rule.id, "rule")
+        body = json.dumps({k: v for k, v in rule.to_json().items() if k not in ("id", "updated")})
+        stamped = StoredRule(rule.id, rule.text, rule.positive_examples, rule.negative_examples, time.time())
+        with self._connect() as connection:
+            existed = connection.execute("SELECT 1 FROM rules WHERE id = ?", (rule.id,)).fetchone()
+            connection.execute(
+                "INSERT OR REPLACE INTO rules (id, body, updated) VALUES (?, ?, ?)",
+                (rule.id, body, stamped.updated),
+            )
+        return stamped, existed is None
+
+    def get(self, rule_id: str) -> StoredRule | None:
+        with self._connect() as connection:
+            row = connection.execute(
+                "SELECT id, body, updated FROM rules WHERE id = ?", (rule_id,)
+            ).fetchone()
+        return None if row is None else self._row(*row)
+
+    def list(self) -> list[StoredRule]:
+        with self._connect() as connection:
+            rows = connection.execute("SELECT id, body, updated FROM rules ORDER BY id").fetchall()
+        return [self._row(*row) for row in rows]
+
+    def delete(self, rule_id: str) -> bool:
+        with self._connect() as connection:
+            return connection.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount > 0

@@ -1,0 +1,223 @@
+"""What ``rulebert serve --state-dir S`` keeps between requests and restarts.
+
+- ``S/rules.sqlite3``: the stored rules (:class:`rulebert.server.rule_store.RuleStore`);
+- ``S/models/<UTC time>-<job>/``: adapted model dirs, newest last; a restart serves the newest one that
+  descends from the ``--model-dir`` given (and verifies), else ``--model-dir`` itself;
+- one adaptation job at a time (:class:`Jobs`), run in a background thread while scoring goes on with the
+  current model; when it succeeds, the new model is loaded first and then swapped in with one assignment
+  (:class:`ServedModel`), so every request is scored by one whole model, old or new.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rulebert.core.errors import RulebertError
+from rulebert.domain.rules import RULE_ID, StoredRule
+from rulebert.model.integrity import lineage_root
+from rulebert.model.model_dir import verify_model_dir
+from rulebert.server.rule_store import RuleStore
+from rulebert.server.schema import Rule
+from rulebert.server.validation import InvalidBody, error_body
+
+RULES_DB = "rules.sqlite3"
+MODELS_DIR = "models"
+KEEP_MODELS = 3  # adapted model dirs kept under S/models (the served one is always kept)
+KEEP_JOBS = 100  # finished jobs remembered for GET /v1/jobs/{id} (in memory: a restart forgets them)
+
+
+def model_name(model_dir: Path, record: dict[str, Any]) -> str:
+    """The model dir's name plus the start of its weights' hash: tells two models of one name apart."""
+    hashes = "".join(sorted((record.get("weights_sha256") or {}).values()))
+    return f"{model_dir.name}@{hashes[:12]}" if hashes else model_dir.name
+
+
+@dataclass
+class Served:
+    """One loaded model, with the lock that serialises its use (a model instance is not re-entrant)."""
+
+    scorer: Any
+    name: str
+    record: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def of(cls, scorer: Any) -> Served:
+        record = getattr(scorer, "record", None) or {}
+        return cls(scorer, model_name(Path(scorer.model_dir), record), record)
+
+
+class ServedModel:
+    """The model being served. ``current`` is replaced in one assignment: a request reads it once."""
+
+    def __init__(self, served: Served) -> None:
+        self.current = served
+
+    def switch(self, served: Served) -> None:
+        self.current = served
+
+
+class ServerState:
+    """The state dir: stored rules and adapted models."""
+
+    def __init__(self, state_dir: str | os.PathLike, rules_db: str | os.PathLike | None = None) -> None:
+        self.dir = Path(state_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise RulebertError(f"{self.dir}: --state-dir exists and is not a directory")
+        self.models_dir = self.dir / MODELS_DIR
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.rules = RuleStore(rules_db if rules_db is not None else self.dir / RULES_DB)
+
+    def adapted_models(self) -> list[Path]:
+        """Adapted model dirs, oldest first (their names start with a UTC time); staging dirs excluded."""
+        return sorted(p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def newest_adapted(self, model_dir: str | os.PathLike) -> Path | None:
+        """The newest adapted model that descends from ``model_dir`` and verifies, if any."""
+        root = lineage_root(verify_model_dir(model_dir))
+        for path in reversed(self.adapted_models()):
+            try:
+                record = verify_model_dir(path)
+            except RulebertError as err:
+                print(f"rulebert: warning: skipping {path.name}: {err}", file=sys.stderr)
+                continue
+            if lineage_root(record) == root:
+                return path
+        return None
+
+    def new_model_dir(self, job_id: str) -> Path:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return self.models_dir / f"{stamp}-{job_id}"
+
+    def prune(self, serving: Path) -> None:
+        """Remove all but the newest ``KEEP_MODELS`` adapted models, never the one being served."""
+        for path in self.adapted_models()[:-KEEP_MODELS]:
+            if path.resolve() != serving.resolve():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+class Busy(RulebertError):
+    """An adaptation job is already queued or running."""
+
+
+@dataclass
+class JobState:
+    job: str
+    rules: list[str]
+    status: str = "queued"
+    progress: float = 0.0
+    message: str = "queued"
+    model: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Jobs:
+    """Adaptation jobs, one at a time, each in its own thread: adapt the served model on stored rules,
+    load the result, switch to it."""
+
+    def __init__(self, state: ServerState, served: ServedModel, load: Callable[[Path], Served]) -> None:
+        self.state, self.served, self.load = state, served, load
+        self._jobs: OrderedDict[str, JobState] = OrderedDict()
+        self._lock = threading.Lock()
+        self._active: JobState | None = None
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else job.to_json()
+
+    @property
+    def active(self) -> str | None:
+        return None if self._active is None else self._active.job
+
+    def start(self, rules: list[StoredRule]) -> dict[str, Any]:
+        """Queue a job adapting on ``rules``; :class:`Busy` if one is queued or running."""
+        with self._lock:
+            if self._active is not None:
+                raise Busy(f"adaptation job {self._active.job} is {self._active.status}; one at a time")
+            job = JobState(uuid.uuid4().hex[:12], [rule.id for rule in rules])
+            self._active = self._jobs[job.job] = job
+            while len(self._jobs) > KEEP_JOBS:
+                self._jobs.popitem(last=False)
+            snapshot = job.to_json()
+        threading.Thread(target=self._run, args=(job, rules), name=f"adapt-{job.job}", daemon=True).start()
+        return snapshot
+
+    def _update(self, job: JobState, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(job, key, value)
+
+    def _run(self, job: JobState, rules: list[StoredRule]) -> None:
+        from rulebert.training.adapt import (
+            adapt_model,  # torch and transformers: loaded when a job runs, not at start
+        )
+
+        self._update(job, status="running", message="starting")
+        source = Path(self.served.current.scorer.model_dir)
+        try:
+            result = adapt_model(
+                source,
+                rules,
+                self.state.new_model_dir(job.job),
+                progress=False,
+                on_progress=lambda fraction, message: self._update(job, progress=fraction, message=message),
+            )
+            self._update(job, progress=0.97, message="loading the adapted model")
+            served = self.load(result.output_dir)  # loaded before the switch: scoring never waits for it
+            self.served.switch(served)
+            self.state.prune(result.output_dir)
+            self._update(
+                job, status="succeeded", progress=1.0, message="serving the adapted model", model=served.name
+            )
+        except Exception as err:  # noqa: BLE001 - a job's failure is its answer, never the server's
+            reason = str(err) if isinstance(err, RulebertError) else f"{type(err).__name__}: {err}"
+            self._update(job, status="failed", message=" ".join(reason.split())[:500])
+        finally:
+            with self._lock:
+                job.finished = time.time()
+                self._active = None
+
+
+def with_stored(
+    state: ServerState | None, rules: list[Rule], where: Callable[[int], tuple[Any, ...]]
+) -> list[Rule]:
+    """Rules given by id alone, filled in from the store; an unknown id is a 422 naming it."""
+    errors, out = [], []
+    for i, rule in enumerate(rules):
+        stored = None
+        if rule.text is None and state is not None and RULE_ID.fullmatch(rule.id or ""):
+            stored = state.rules.get(rule.id)
+        if rule.text is None and stored is None:
+            why = (
+                f"no stored rule {rule.id!r}" if state is not None else "no stored rules (serve --state-dir)"
+            )
+            errors.append({"type": "not_found", "loc": where(i), "msg": why, "input": rule.id})
+            continue
+        if stored is not None:
+            rule = rule.model_copy(
+                update={
+                    "text": stored.text,
+                    "positive_examples": rule.positive_examples or list(stored.positive_examples),
+                    "negative_examples": rule.negative_examples or list(stored.negative_examples),
+                }
+            )
+        out.append(rule)
+    if errors:
+        raise InvalidBody(error_body(errors))
+    return out
