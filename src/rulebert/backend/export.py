@@ -43,9 +43,39 @@ def _root_logger_silenced() -> Iterator[None]:
             root.removeHandler(placeholder)
 
 
-def _write_onnx(module: Any, sample: dict[str, Any], target: Path, output: str, *, int8: bool) -> list[str]:
-    """Trace ``module`` on ``sample`` (tokenizer output) into ``target``, int8-quantised when asked; return
-    the input names. Written in a temp dir beside ``target`` and renamed into place: never half a file."""
+# MatMul groups that int8 quantisation may leave in fp32, by where they sit in a transformer layer (node names
+# of the TorchScript export: BERT ``.../layer.N/output/dense/MatMul``, MPNet the same; the attention output
+# projection is ``.../attention/output/...`` or ``.../attention/attn/o/...``).
+FP32_GROUPS = {
+    "ffn-out": lambda name: name.endswith("/output/dense/MatMul") and "/attention/" not in name,
+    "ffn-in": lambda name: name.endswith("/intermediate/dense/MatMul"),
+}
+
+
+def _fp32_nodes(fp32: Path, groups: tuple[str, ...]) -> list[str]:
+    """The MatMul nodes of ``fp32`` that belong to ``groups`` (see :data:`FP32_GROUPS`)."""
+    if not groups:
+        return []
+    import onnx
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    return [
+        n.name for n in graph.node if n.op_type == "MatMul" and any(FP32_GROUPS[g](n.name) for g in groups)
+    ]
+
+
+def _write_onnx(
+    module: Any,
+    sample: dict[str, Any],
+    target: Path,
+    output: str,
+    *,
+    int8: bool,
+    keep_fp32: tuple[str, ...] = (),
+) -> list[str]:
+    """Trace ``module`` on ``sample`` (tokenizer output) into ``target``, int8-quantised when asked (but the
+    MatMul groups named in ``keep_fp32``); return the input names. Written in a temp dir beside ``target``
+    and renamed into place: never half a file."""
     import torch
 
     names = [n for n in INPUT_ORDER if n in sample]
@@ -75,9 +105,23 @@ def _write_onnx(module: Any, sample: dict[str, Any], target: Path, output: str, 
             with _root_logger_silenced():
                 # Per-channel scales halve the score error of per-tensor ones at the same speed (measured
                 # on MiniLM: mean |delta p| 0.0028 vs 0.0050, AUC within 0.001 of fp32 on 400 rows).
-                quantize_dynamic(str(fp32), str(produced), weight_type=QuantType.QInt8, per_channel=True)
+                quantize_dynamic(
+                    str(fp32),
+                    str(produced),
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    nodes_to_exclude=_fp32_nodes(fp32, keep_fp32),
+                )
         os.replace(produced, target)
     return names
+
+
+def int8_variant_file(model: Any, tokenizer: Any, target: Path, *, keep_fp32: tuple[str, ...] = ()) -> Path:
+    """An int8 ONNX file of an in-memory classifier, with the MatMul groups ``keep_fp32`` left in fp32
+    (``benchmarks/int8_fidelity.py`` measures the variants)."""
+    sample = tokenizer(["a rule", "another rule"], ["a comment", "a longer comment here"], padding=True)
+    _write_onnx(model.eval(), sample, target, "logits", int8=True, keep_fp32=keep_fp32)
+    return target
 
 
 def export_onnx(model_dir: str | os.PathLike, *, int8: bool = False) -> Path:

