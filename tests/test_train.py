@@ -232,3 +232,42 @@ def test_an_int8_file_that_ranks_differently_is_not_kept(trained, tmp_path, monk
     assert check["written"] is False and "beyond the tolerance -1.0" in check["reason"]
     assert not (model / "model.int8.onnx").exists() and "model.int8.onnx" not in read_onnx_record(model)
     assert Scorer(model).backend == "torch"
+
+
+def test_an_int8_file_that_fails_is_retried_with_the_feed_forward_in_fp32(trained, tmp_path, monkeypatch):
+    """The second rung of INT8_LADDER: a wider model's all-int8 copy may rank worse, the mixed one is kept."""
+    import shutil
+
+    import onnx
+
+    import rulebert.backend.export as export
+    from rulebert.model.model_dir import read_onnx_record
+
+    folder, _config, _result = trained
+    model = shutil.copytree(folder / "model", tmp_path / "model")
+    real = export._int8_check
+    calls = []
+
+    def first_fails(path, *args):
+        calls.append(read_onnx_record(model)[path.name]["quantization"])
+        kept, why, check = real(path, *args)
+        return (False, "made to fail", check) if len(calls) == 1 else (kept, why, check)
+
+    monkeypatch.setattr(export, "_int8_check", first_fails)
+    monkeypatch.setattr(export, "INT8_AUC_TOLERANCE", 1.0)
+    monkeypatch.setattr(export, "MIN_SPEARMAN", -1.0)
+    scorer = Scorer(model, backend="torch")
+    texts = ["buy cheap now", "nice movie", "click for a discount", "my family dog"]
+    features = scorer.encode(texts, ["No advertising"] * 4)
+    check = export.export_int8_checked(
+        model, features, scorer.score(texts, ["No advertising"] * 4), [1, 0, 1, 0], ["r"] * 4
+    )
+    assert calls == [
+        "dynamic, int8 weights per channel",
+        "dynamic, int8 weights per channel; fp32: ffn-in, ffn-out",
+    ]
+    assert check["written"] is True and check["fp32"] == ["ffn-in", "ffn-out"]
+    assert [t["written"] for t in check["tried"]] == [False, True]
+    graph = onnx.load(str(model / "model.int8.onnx")).graph
+    fp32 = [n.name for n in graph.node if n.op_type == "MatMul" and "/intermediate/dense/" in n.name]
+    assert fp32 and Scorer(model).backend == "onnx-int8"
