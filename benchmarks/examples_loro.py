@@ -8,6 +8,7 @@ scored (879 in all: 232 advertising, 647 legal), with and without the examples, 
 four examples. Prints a Markdown table of per-rule and column-averaged AUC.
 
     python benchmarks/examples_loro.py [--data DIR] [--work runs/examples-loro] [--model-dir legal=DIR ...]
+        [-- extra rulebert train flags, e.g. --model mpnet]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument(
         "--model-dir", action="append", default=[], help="SHORT=DIR: a model without rule SHORT"
     )
+    parser.add_argument("extra", nargs="*", help="flags passed to rulebert train (after --)")
     args = parser.parse_args()
     given = dict(item.split("=", 1) for item in args.model_dir)
     frame = pd.read_csv(args.data / "train.csv", dtype=str, keep_default_na=False)
@@ -70,6 +72,7 @@ def main() -> None:
                 "--output-dir",
                 str(model_dir),
                 "--no-progress",
+                *args.extra,
             ]
             if (model_dir / "checkpoints").is_dir():  # an interrupted run of this script: go on with it
                 cmd.append("--resume")
