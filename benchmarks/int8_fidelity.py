@@ -24,7 +24,7 @@ from scipy.stats import spearmanr
 from rulebert.backend.export import int8_variant_file
 from rulebert.backend.onnx_backend import OnnxBackend
 from rulebert.backend.torch_backend import TorchBackend
-from rulebert.domain.text import encode_rows
+from rulebert.domain.text import encode_frame
 from rulebert.model.model_dir import load_model_dir
 
 VARIANTS = {"all-int8": (), "ffn-out-fp32": ("ffn-out",), "ffn-fp32": ("ffn-out", "ffn-in")}
@@ -38,15 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer, config, _ = load_model_dir(args.model_dir)
     frame = pd.read_csv(args.test, dtype=str, keep_default_na=False).head(args.rows)
-    features = encode_rows(
-        tokenizer,
-        frame["rule"].tolist(),
-        frame["body"].tolist(),
-        frame["subreddit"].tolist(),
-        input_format=config.input_format,
-        include_subreddit=config.include_subreddit,
-        max_length=config.max_length,
-    )
+    features = encode_frame(tokenizer, frame.rename(columns={"body": "text"}), config)
     started = time.perf_counter()
     reference = TorchBackend(model, tokenizer, "cpu").predict(features)
     results = {"torch_seconds": round(time.perf_counter() - started, 1), "rows": len(features)}
