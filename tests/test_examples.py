@@ -136,7 +136,10 @@ def test_predict_takes_pairs_like_a_cross_encoder(trained):
     examples = {"positive": list(medical_examples().positive), "negative": list(medical_examples().negative)}
     one = scorer.predict((MEDICAL, "take 200 mg of sertraline"), examples=examples, details=True)
     assert len(one) == 1 and one[0]["mode"] == "examples" and isinstance(one[0]["flagged"], bool)
-    assert one[0]["flagged"] == (one[0]["probability"] >= scorer.threshold)
+    # mode examples: flagged on the rule's own scale (its examples calibrate the probability), not at the
+    # model's threshold, which was chosen on the training rules' scores
+    assert scorer.flag_threshold("examples") == 0.5 and scorer.flag_threshold("zero-shot") == scorer.threshold
+    assert one[0]["flagged"] == (one[0]["probability"] >= 0.5)
     many = scorer.predict(
         [(MEDICAL, "a"), (next(iter(RULES)), "buy cheap http")], examples={MEDICAL: examples}
     )
@@ -181,9 +184,9 @@ def test_http_answers_carry_mode_flagged_and_evidence(trained):
     scores = client.post("/v1/score", json=body).json()["scores"]
     assert [s["mode"] for s in scores] == ["examples", "zero-shot"]
     assert scores[0]["probability"] != scores[1]["probability"] and scores[0]["evidence"]["label"] in (0, 1)
-    assert all(
-        s["flagged"] == (s["probability"] >= client.get("/v1/model").json()["threshold"]) for s in scores
-    )
+    model_threshold = client.get("/v1/model").json()["threshold"]
+    assert scores[0]["flagged"] == (scores[0]["probability"] >= 0.5)  # examples: the rule's own scale
+    assert scores[1]["flagged"] == (scores[1]["probability"] >= model_threshold)
     lenient = client.post("/v1/score", json={**body, "threshold": 1.0}).json()["scores"]
     assert not any(s["flagged"] for s in lenient)
     batch = {"items": [{"id": "item-7", "comment": "hello", "rule": {"text": next(iter(RULES))}}]}

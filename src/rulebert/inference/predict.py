@@ -109,6 +109,13 @@ class Scorer:
         """The decision threshold the model dir recommends (``metrics.json`` ``threshold``), else 0.5."""
         return float(self.metrics.get("threshold", 0.5))
 
+    def flag_threshold(self, mode: str) -> float:
+        """Where ``flagged`` starts for a score made in ``mode``: in mode ``examples`` the probability is
+        calibrated on the rule's own labelled examples (a Platt fit on their out-of-fold scores), so 0.5 is
+        that community's own even point; the model's ``threshold`` was chosen on the training rules'
+        validation rows and belongs to the scale of the model's scores (``trained``, ``zero-shot``)."""
+        return 0.5 if mode == "examples" else self.threshold
+
     def encode(
         self, bodies: Sequence[str], rules: Sequence[str], subreddits: Sequence[str] | None = None
     ) -> list[dict[str, list[int]]]:
@@ -235,7 +242,7 @@ class Scorer:
 
         ``examples``: ``{"positive": [...], "negative": [...]}`` (or a :class:`RuleExamples`) for every
         pair's rule, or a dict from rule text to such. With ``details=True`` each result is a dict with
-        ``probability``, ``flagged`` (at the model's threshold), ``mode`` and ``evidence``.
+        ``probability``, ``flagged`` (at :meth:`flag_threshold` of its mode), ``mode`` and ``evidence``.
         """
         if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
             pairs = [pairs]
@@ -253,7 +260,7 @@ class Scorer:
         if not details:
             return result["probability"]
         return [
-            {"probability": float(p), "flagged": bool(p >= self.threshold), "mode": m, "evidence": e}
+            {"probability": float(p), "flagged": bool(p >= self.flag_threshold(m)), "mode": m, "evidence": e}
             for p, m, e in zip(result["probability"], result["mode"], result["evidence"], strict=True)
         ]
 

@@ -33,7 +33,10 @@ from rulebert.core.files import atomic_write
 CHUNK_ROWS = 2048
 TEXT_COLUMNS = ("body", "comment")
 EXAMPLE_TEXT_COLUMNS = ("text", "body", "comment")
-EXAMPLE_LABEL_COLUMNS = ("label", "rule_violation")
+EXAMPLE_LABEL_COLUMNS = ("label", "rule_violation", "removed")
+"""``removed``: a moderator's decision log (``body, removed``) is a rule's examples as it stands."""
+POSITIVE_LABELS = ("1", "true", "1.0", "removed", "remove")
+NEGATIVE_LABELS = ("0", "false", "0.0", "kept", "keep")
 PROBABILITY = "probability"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula (OWASP)
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -159,7 +162,8 @@ def _checked(rows: Iterator[Row]) -> Iterator[Row]:
 
 
 def read_examples(path: str | os.PathLike) -> Examples:
-    """A CSV/JSONL of ``text`` (or ``body``/``comment``) and ``label`` (1 = breaks the rule, 0 = keeps it)."""
+    """A CSV/JSONL of ``text`` (or ``body``/``comment``) and ``label`` (or ``rule_violation``, or ``removed``:
+    1 = breaks the rule, 0 = keeps it; ``true``/``false`` and ``removed``/``kept`` also read)."""
     examples = Examples()
     with _open_binary(str(path)) as (handle, fmt, name):
         if fmt == "csv":
@@ -178,9 +182,9 @@ def read_examples(path: str | os.PathLike) -> Examples:
             if not row.body.strip():
                 raise RulebertError(f"{row.where}, column '{row.column}': empty example text")
             value = str(label).strip().lower()
-            if value not in ("0", "1", "true", "false", "0.0", "1.0"):
+            if value not in POSITIVE_LABELS + NEGATIVE_LABELS:
                 raise RulebertError(f"{row.where}, column '{column}': label {label!r} is not 0 or 1")
-            target = examples.positive if value in ("1", "true", "1.0") else examples.negative
+            target = examples.positive if value in POSITIVE_LABELS else examples.negative
             target.append(row.body)
     if not examples.positive and not examples.negative:
         raise RulebertError(f"{path}: no example rows")

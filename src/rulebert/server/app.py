@@ -134,7 +134,7 @@ def create_app(
                 n = len(comments)
                 details = {"probability": scorer.score(*arguments, **examples)}
                 details |= {"mode": ["zero-shot"] * n, "evidence": [None] * n}
-        cut = scorer.threshold if threshold is None else threshold
+        flag_at = getattr(scorer, "flag_threshold", lambda mode: scorer.threshold)
         scores = []
         for i, (rule, p, mode, evidence) in enumerate(
             zip(rules, details["probability"], details["mode"], details["evidence"], strict=True)
@@ -143,7 +143,12 @@ def create_app(
             rule_id = rule.id if rule.id is not None else str(i)
             scores.append(
                 RuleScore(
-                    id=rule_id, rule=rule.text, probability=p, flagged=p >= cut, mode=mode, evidence=evidence
+                    id=rule_id,
+                    rule=rule.text,
+                    probability=p,
+                    flagged=p >= (flag_at(mode) if threshold is None else threshold),
+                    mode=mode,
+                    evidence=evidence,
                 )
             )
         return scores, current.name

@@ -155,7 +155,10 @@ class RuleScore(BaseModel):
     id: str
     rule: str
     probability: float = Field(ge=0, le=1, description="P(the comment breaks the rule)")
-    flagged: bool = Field(description="probability >= the threshold (the request's, else the model's)")
+    flagged: bool = Field(
+        description="probability >= the threshold: the request's, else 0.5 in mode examples (calibrated on "
+        "the rule's own examples), else the model's",
+    )
     mode: str = Field(
         description="trained: the model was trained on this rule; examples: the rule's examples were used "
         "at scoring time; zero-shot: neither (a rule the model never saw: treat the score with caution)"
