@@ -77,3 +77,50 @@ def test_score_takes_a_decision_log_as_examples(model_dir: Path, tmp_path: Path)
     assert done.returncode == 0, done.stderr
     scored = pd.read_csv(out)
     assert len(scored) == 2 and scored["probability"].between(0, 1).all()
+
+
+def test_adapt_takes_a_rulebook_and_a_decision_log(model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    log = tmp_path / "decisions.csv"
+    bodies = [f"buy cheap pills number {i}" for i in range(6)] + [
+        f"lovely photo number {i}" for i in range(6)
+    ]
+    pd.DataFrame({"body": bodies, "removed": [1] * 6 + [0] * 6}).to_csv(log, index=False)
+    rulebook = "1. No spam: no selling.\n2. Be civil: no insults."
+    out = tmp_path / "adapted"
+    command = [
+        sys.executable,
+        "-m",
+        "rulebert.cli",
+        "adapt",
+        "--model-dir",
+        str(model_dir),
+        "--rule",
+        rulebook,
+    ]
+    done = subprocess.run(
+        [
+            *command,
+            "--examples",
+            str(log),
+            "--rule-id",
+            "community",
+            "--output-dir",
+            str(out),
+            "--no-export",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "rulebert.json").read_text())
+    adapted = record["data"]["adapted_rules"]
+    assert adapted == [{"id": "community", "text": rulebook, "positive_examples": 6, "negative_examples": 6}]
+    alone = subprocess.run(
+        [*command, "--output-dir", str(tmp_path / "other")], capture_output=True, text=True, timeout=300
+    )
+    assert alone.returncode == 2 and "--rule and --examples go together" in alone.stderr
+    assert alone.stderr.count("\n") == 1 and not (tmp_path / "other").exists()

@@ -181,8 +181,19 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from rulebert.domain.rules import read_rules_jsonl, rules_from_competition
     from rulebert.training.adapt import adapt_model
 
+    if (args.rule is None) != (args.examples is None):
+        raise RulebertError("--rule and --examples go together (a rule's text and its labelled examples)")
     if args.rules is not None:
         rules = read_rules_jsonl(args.rules)
+    elif args.rule is not None:
+        from rulebert.domain.rules import StoredRule, check_rule_id
+        from rulebert.scoring.local import read_examples
+
+        if not args.rule.strip():
+            raise RulebertError("--rule: empty rule text")
+        examples = read_examples(args.examples)
+        rule_id = check_rule_id(args.rule_id, "--rule-id")
+        rules = [StoredRule(rule_id, args.rule, tuple(examples.positive), tuple(examples.negative))]
     else:
         from rulebert.domain.data import read_csv
 

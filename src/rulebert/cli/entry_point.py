@@ -169,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--test", type=Path, help="a competition-layout test.csv: its rules and example cells"
     )
+    source.add_argument(
+        "--rule",
+        help="one rule's text (a whole rulebook works), its examples from --examples",
+    )
+    adapt.add_argument(
+        "--examples",
+        type=Path,
+        help="with --rule: CSV/JSONL of text,label or a decision log body,removed (1 = breaks the rule)",
+    )
+    adapt.add_argument("--rule-id", default="rule", help="with --rule: the rule's id (default: rule)")
     adapt.add_argument(
         "--output-dir", required=True, type=Path, help="where the adapted model dir is written"
     )

@@ -1,0 +1,156 @@
+"""Levers of the examples path on the 64 communities, from cached sentence embeddings (seconds per variant).
+
+The examples path (mode ``examples``, :class:`rulebert.domain.examples.ExampleModel`) learns a community from
+its k + k labelled decisions with TF-IDF and a logistic regression on sentence embeddings (the cross-encoder
+given the rulebook ranks these communities' comments near chance, so its weight, fitted on the examples, is
+~0). Every comment of the 64 communities is embedded once (the model dir's embedder: the base MiniLM, int8;
+``WORK/embeddings.npy``), then each variant is fitted on the same splits as ``benchmarks/communities.py``
+(same seeds, same scored rows) and scored. Prints column-averaged AUC per (variant, k).
+
+    python benchmarks/communities_levers.py [--work runs/communities-levers] [--seeds 0,1,2] [--ks 8,32,128]
+        [--variants product,emb-c10,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("communities_bench", HERE / "communities.py")
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench
+_spec.loader.exec_module(bench)
+
+
+def embed_all(communities: list, work: Path) -> list[np.ndarray]:
+    from example_members import embedder_for
+
+    path = work / "embeddings.npy"
+    sizes = [len(c.bodies) for c in communities]
+    if not path.is_file():
+        embedder = embedder_for("default", work)
+        texts = [t for c in communities for t in c.bodies]
+        started, parts = time.perf_counter(), []
+        for start in range(0, len(texts), 2048):
+            parts.append(embedder.embed_texts(texts[start : start + 2048], 256))
+            print(f"embedded {start + len(parts[-1])}/{len(texts)} ({time.perf_counter() - started:.0f} s)")
+        np.save(path, np.concatenate(parts))
+    vectors = np.load(path)
+    return np.split(vectors, np.cumsum(sizes)[:-1])
+
+
+def _lr(c: float) -> Callable:
+    def fit(x: np.ndarray, y: np.ndarray) -> Callable:
+        model = LogisticRegression(C=c, max_iter=3000).fit(x, y)
+        return model.decision_function
+
+    return fit
+
+
+def _z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return (values - reference.mean()) / (reference.std() + 1e-9)
+
+
+def variant_scores(
+    name: str, texts, labels, vectors, scored_texts, scored_vectors, pool_vectors
+) -> np.ndarray:
+    from rulebert.domain.examples import ExampleModel, RuleExamples
+
+    if name == "product":  # the ExampleModel as mode examples runs it, cross-encoder weight 0
+        positive = [t for t, y in zip(texts, labels, strict=True) if y == 1]
+        negative = [t for t, y in zip(texts, labels, strict=True) if y == 0]
+        examples = RuleExamples.of(positive, negative)
+        index = {t: i for i, t in enumerate(texts)}
+        order = [index[t] for t in examples.texts]
+        model = ExampleModel.fit(examples, np.full(len(order), 0.5), vectors[order])
+        return model.score(scored_texts, np.full(len(scored_texts), 0.5), scored_vectors)
+    if name == "tfidf":
+        return bench.tfidf_scores(texts, labels, scored_texts, 0)
+    if name.startswith("emb-c"):
+        return _lr(float(name[5:]))(vectors, labels)(scored_vectors)
+    if name == "centroid":
+        direction = vectors[labels == 1].mean(0) - vectors[labels == 0].mean(0)
+        return scored_vectors @ direction
+    if name.startswith("tfidf+emb-c"):  # sum of z-scores, each standardised on the scored rows' own spread
+        emb = _lr(float(name[11:]))(vectors, labels)(scored_vectors)
+        tfidf = bench.tfidf_scores(texts, labels, scored_texts, 0)
+        return _z(emb, emb) + _z(tfidf, tfidf)
+    if name.startswith("self-c"):  # one round of self-training on the community's unlabelled comments
+        c = float(name[6:])
+        fit = _lr(c)(vectors, labels)
+        pseudo = fit(pool_vectors)
+        keep = np.argsort(np.abs(pseudo))[-min(len(pseudo), 4 * len(labels)) :]
+        x = np.vstack([vectors, pool_vectors[keep]])
+        y = np.r_[labels, (pseudo[keep] > 0).astype(int)]
+        weights = np.r_[np.ones(len(labels)), np.full(len(keep), 0.5)]
+        model = LogisticRegression(C=c, max_iter=3000).fit(x, y, sample_weight=weights)
+        return model.decision_function(scored_vectors)
+    if name.startswith("centered-c"):  # embeddings centred on the community's own mean (unlabelled)
+        c = float(name[10:])
+        mean = pool_vectors.mean(0)
+        return _lr(c)(vectors - mean, labels)(scored_vectors - mean)
+    raise SystemExit(f"unknown variant {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=bench.DATA)
+    parser.add_argument("--work", type=Path, default=Path("runs/communities-levers"))
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
+    parser.add_argument("--communities", type=int, default=None)
+    parser.add_argument("--variants", default="product,tfidf,emb-c1,emb-c10,emb-c100,centroid,tfidf+emb-c10")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    communities = bench.load_communities(args.data)
+    vectors_of = embed_all(communities, args.work)
+    if args.communities:
+        pick = np.linspace(0, len(communities) - 1, args.communities).round().astype(int)
+        communities, vectors_of = [communities[i] for i in pick], [vectors_of[i] for i in pick]
+    variants = args.variants.split(",")
+    aucs = {(v, k): [] for v in variants for k in args.ks}
+    seconds = dict.fromkeys(variants, 0.0)
+    for community, vectors in zip(communities, vectors_of, strict=True):
+        per = {(v, k): [] for v in variants for k in args.ks}
+        for seed in args.seeds:
+            examples_of, scored = bench.split(community, seed, args.ks)
+            labels_scored = community.labels[scored]
+            scored_texts = [community.bodies[i] for i in scored]
+            for k in args.ks:
+                chosen = examples_of[k]
+                unlabelled = np.setdiff1d(np.arange(len(community.bodies)), np.r_[chosen, scored])
+                texts = [community.bodies[i] for i in chosen]
+                for v in variants:
+                    started = time.perf_counter()
+                    scores = variant_scores(
+                        v,
+                        texts,
+                        community.labels[chosen],
+                        vectors[chosen],
+                        scored_texts,
+                        vectors[scored],
+                        vectors[unlabelled],
+                    )
+                    seconds[v] += time.perf_counter() - started
+                    per[(v, k)].append(roc_auc_score(labels_scored, scores))
+        for key, values in per.items():
+            aucs[key].append(float(np.mean(values)))
+        print(community.name, " ".join(f"{v}@{k}={np.mean(x):.3f}" for (v, k), x in per.items()), flush=True)
+    print(f"\n{len(communities)} communities x {len(args.seeds)} seeds: column-averaged AUC")
+    print("| variant | " + " | ".join(f"k={k}" for k in args.ks) + " | s total |")
+    for v in variants:
+        cells = " | ".join(f"{np.mean(aucs[(v, k)]):.4f}" for k in args.ks)
+        print(f"| {v} | {cells} | {seconds[v]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
