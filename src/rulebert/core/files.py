@@ -35,6 +35,15 @@ def current_umask() -> int:
     return 0o022
 
 
+def create_private(path: str | os.PathLike) -> None:
+    """Create ``path`` (a file) readable by its owner only, if it does not exist yet: SQLite then gives its
+    journal files the same mode."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+
+
 def _final_mode(path: Path) -> int:
     """A replaced file keeps its permissions (a 0600 output stays 0600); a new one gets the usual ones."""
     try:
