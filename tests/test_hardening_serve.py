@@ -145,16 +145,17 @@ def test_the_page_cannot_be_framed(server):
 # --- 10, 11, 12, 15. rules and requests -------------------------------------------------------------------
 
 
+def _put_at_once(url: str, barrier: threading.Barrier, statuses: list[int]) -> None:
+    barrier.wait()
+    statuses.append(httpx.put(url, json={"text": RULE}).status_code)
+
+
 def test_concurrent_puts_of_a_new_rule_create_it_once(server):
     for round_ in range(3):
         statuses: list[int] = []
         barrier = threading.Barrier(20)
-
-        def put(rule_id: str = f"race-{round_}") -> None:
-            barrier.wait()
-            statuses.append(httpx.put(f"{server.url}/v1/rules/{rule_id}", json={"text": RULE}).status_code)
-
-        threads = [threading.Thread(target=put) for _ in range(20)]
+        url = f"{server.url}/v1/rules/race-{round_}"
+        threads = [threading.Thread(target=_put_at_once, args=(url, barrier, statuses)) for _ in range(20)]
         for thread in threads:
             thread.start()
         for thread in threads:
