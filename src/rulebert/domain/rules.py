@@ -26,6 +26,7 @@ import pandas as pd
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain import data as D
+from rulebert.domain.text import surrogate_problem
 
 RULE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 RULE_FIELDS = ("id", "text", "positive_examples", "negative_examples")
@@ -75,11 +76,16 @@ def rule_from_json(payload: object, where: str) -> StoredRule:
     text = payload.get("text")
     if not isinstance(text, str) or not text.strip():
         raise RulebertError(f"{where}: field 'text' must be a non-empty string")
+    if (problem := surrogate_problem(text)) is not None:
+        raise RulebertError(f"{where}: field 'text': {problem}")
     examples = []
     for name in ("positive_examples", "negative_examples"):
         values = payload.get(name, [])
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise RulebertError(f"{where}: field {name!r} must be a list of strings")
+        for i, value in enumerate(values):
+            if (problem := surrogate_problem(value)) is not None:
+                raise RulebertError(f"{where}: field {name!r}, item {i + 1}: {problem}")
         examples.append(tuple(v for v in values if v.strip()))
     return StoredRule(rule_id, text, examples[0], examples[1])
 
