@@ -253,3 +253,34 @@ def test_a_bad_or_busy_port_is_a_one_line_error(model_dir):
         port = taken.getsockname()[1]
         code, _, err = run("serve", "--model-dir", model_dir, "--port", str(port))
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in one_error_line(err)
+
+
+# --- 13. the threshold is checked like the hashed files ----------------------------------------------------
+
+
+def test_an_edited_threshold_is_refused(tiny_checkpoint, tmp_path):
+    from rulebert.core.errors import RulebertError
+    from rulebert.inference.predict import Scorer
+    from rulebert.model.model_dir import METRICS_FILE, RECORD_FILE, set_threshold
+
+    model_dir = make_model_dir(tiny_checkpoint, tmp_path / "model", metrics={"threshold": 0.4, "f1": 0.5})
+    metrics_path = model_dir / METRICS_FILE
+    metrics_path.write_text(json.dumps({"threshold": 0.0, "f1": 0.5}))  # flags every comment
+    comments = write_csv(tmp_path / "comments.csv", [{"body": c} for c in COMMENTS])
+    code, _, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", comments)
+    line = one_error_line(err)
+    assert code == 2 and f"{metrics_path}: threshold 0.0 is not the one rulebert.json records (0.4)" in line
+    metrics_path.write_text(json.dumps({"f1": 0.5}))  # a removed threshold (0.5 by default) is a change too
+    with pytest.raises(RulebertError, match="threshold None"):
+        Scorer(model_dir, device="cpu")
+    # the way to move it: both files, and the scorer uses it
+    metrics_path.write_text(json.dumps({"threshold": 0.4, "f1": 0.5}))
+    set_threshold(model_dir, 0.7)
+    assert Scorer(model_dir, device="cpu").threshold == 0.7
+    assert json.loads(metrics_path.read_text()) == {"threshold": 0.7, "f1": 0.5}
+    # a model dir saved before thresholds were recorded still loads, as it did
+    record = json.loads((model_dir / RECORD_FILE).read_text())
+    del record["threshold"]
+    (model_dir / RECORD_FILE).write_text(json.dumps(record))
+    metrics_path.write_text(json.dumps({"threshold": 0.2}))
+    assert Scorer(model_dir, device="cpu").threshold == 0.2
