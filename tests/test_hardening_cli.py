@@ -284,3 +284,18 @@ def test_an_edited_threshold_is_refused(tiny_checkpoint, tmp_path):
     (model_dir / RECORD_FILE).write_text(json.dumps(record))
     metrics_path.write_text(json.dumps({"threshold": 0.2}))
     assert Scorer(model_dir, device="cpu").threshold == 0.2
+
+
+def test_atomic_write_names_the_output_and_removes_the_folders_it_made(tmp_path, monkeypatch):
+    from rulebert.core.files import atomic_write
+
+    target = tmp_path / "x" / "y" / "out.csv"
+
+    def refused(*args, dir=None, prefix="", suffix="", **kwargs):  # noqa: A002 - mkstemp's signature
+        raise PermissionError(13, "Permission denied", os.path.join(dir, f"{prefix}abc123{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as caught, atomic_write(target) as handle:
+        handle.write("never")
+    assert caught.value.filename == str(target)
+    assert not (tmp_path / "x").exists()

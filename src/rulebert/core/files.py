@@ -107,7 +107,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         for folder in created:  # deepest first; one someone else filled meanwhile stays
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        if isinstance(err, OSError) and err.filename in (None, tmp, str(path.parent)):
+        if isinstance(err, OSError) and (tmp is None or err.filename in (None, tmp)):
             # a full disk or a read-only folder: name the output, never the temp file
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
