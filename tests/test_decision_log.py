@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from rulebert.core.errors import RulebertError
-from rulebert.scoring.local import read_examples
+from rulebert.scoring.readers import read_examples
 
 
 def test_a_decision_log_reads_as_examples(tmp_path: Path) -> None:

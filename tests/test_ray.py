@@ -118,9 +118,13 @@ def test_every_shard_matches_the_local_engine(cluster, model_dir, scorer, tmp_pa
         score_stream(scorer, RULE, shards / name, local / name, progress=False)
         assert_same_but_probability(read_csv(out / name), read_csv(local / name), ["probability"])
     a = read_csv(out / "a.csv")
-    assert a[0] == ["id", "body", "subreddit", "note", "probability"]
+    assert a[0] == ["id", "body", "subreddit", "note", "probability", "mode"]
     assert a[9][:2] == ["008", "'=1+2 buy now"]  # the formula neutralised; "008" stays a string
-    assert read_csv(out / "b.csv")[0] == ["comment", "probability"]  # the old column replaced in place
+    assert read_csv(out / "b.csv")[0] == [
+        "comment",
+        "probability",
+        "mode",
+    ]  # the old column replaced in place
     score_stream(scorer, RULE, shards / "c.jsonl", local / "c.jsonl", progress=False)
     got, want = ([json.loads(x) for x in (f / "c.jsonl").read_text().splitlines()] for f in (out, local))
     assert_same_but_probability(got, want, ["probability"])
@@ -129,7 +133,8 @@ def test_every_shard_matches_the_local_engine(cluster, model_dir, scorer, tmp_pa
         import pyarrow.parquet as pq
 
         table, source = pq.read_table(out / "d.parquet"), pq.read_table(shards / "d.parquet")
-        assert table.column_names == ["body", "score", "ratio", "probability"]
+        assert table.column_names == ["body", "score", "ratio", "probability", "mode"]
+        assert set(table.column("mode").to_pylist()) == {"zero-shot"}
         assert table.select(source.column_names).equals(source)  # the columns and their types kept
         expected = scorer.score(comments(5, 300), RULE)
         np.testing.assert_allclose(table.column("probability").to_pylist(), expected, atol=1e-5)
@@ -148,7 +153,7 @@ def test_rules_file_gives_a_column_per_rule_and_raw_csv_keeps_formulas(cluster, 
     local = tmp_path / "local.csv"
     score_stream(scorer, rules_to_score(rules), shards / "s.csv", local, progress=False, raw_csv=True)
     got = read_csv(out / "s.csv")
-    assert got[0] == ["body", "probability_ads", "probability_legal"]
+    assert got[0] == ["body", "probability_ads", "mode_ads", "probability_legal", "mode_legal"]
     assert got[1][0] == "=HYPERLINK(x)"  # --raw-csv: as it was
     assert_same_but_probability(got, read_csv(local), ["probability_ads", "probability_legal"])
 

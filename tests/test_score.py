@@ -55,7 +55,7 @@ def test_csv_keeps_every_cell_and_adds_probability(scorer, tmp_path):
     assert score_stream(spy, RULE, source, out, chunk_rows=4, progress=False) == 10
     with open(out, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["id", "body", "note", "probability"]
+    assert rows[0] == ["id", "body", "note", "probability", "mode"]
     assert [r[:3] for r in rows[1:]] == [[f"{i:03d}", b, "" if i % 2 else "NA"] for i, b in enumerate(bodies)]
     expected = scorer.score(bodies, [RULE] * len(bodies))
     np.testing.assert_allclose([float(r[3]) for r in rows[1:]], expected, atol=1e-5)
@@ -75,7 +75,7 @@ def test_jsonl_with_comment_key_and_examples(scorer, tmp_path):
     out = tmp_path / "out.jsonl"
     score_stream(spy, RULE, source, out, examples=examples, progress=False)
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert [{k: v for k, v in w.items() if k != "probability"} for w in written] == records
+    assert [{k: v for k, v in w.items() if k not in ("probability", "mode")} for w in written] == records
     expected = scorer.score(  # the examples are used at scoring time
         [r["comment"] for r in records],
         [RULE] * 5,
@@ -190,7 +190,7 @@ def test_rules_file_scores_every_rule_in_one_pass(model_dir, scorer, tmp_path, m
                  "--output", str(out), "--no-progress"]) == 0  # fmt: skip
     assert loads == [1]  # one model load for every rule
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == ["body", "probability_ads", "probability_legal"]
+    assert list(rows[0]) == ["body", "probability_ads", "mode_ads", "probability_legal", "mode_legal"]
     ads = scorer.score(COMMENTS, RULE, positive_examples=[["buy now"]] * 4, negative_examples=[["hi"]] * 4)
     legal = scorer.score(COMMENTS, "No legal advice")
     np.testing.assert_allclose([float(r["probability_ads"]) for r in rows], ads, atol=1e-5)
@@ -210,7 +210,7 @@ def test_output_format_follows_the_extension(scorer, tmp_path):
     jsonl.write_text('{"body": "=1+1", "n": 1, "tags": ["a"]}\n{"body": "hi", "n": 2, "tags": null}\n')
     score_stream(scorer, RULE, jsonl, tmp_path / "out.csv", progress=False)
     rows = list(csv.reader((tmp_path / "out.csv").open()))
-    assert rows[0] == ["body", "n", "tags", "probability"]
+    assert rows[0] == ["body", "n", "tags", "probability", "mode"]
     assert rows[1][:3] == ["'=1+1", "1", '["a"]'] and rows[2][:3] == ["hi", "2", ""]
     ragged = tmp_path / "ragged.jsonl"
     ragged.write_text('{"body": "a"}\n{"body": "b", "extra": 1}\n')

@@ -67,7 +67,7 @@ def test_csv_cells_that_would_be_formulas_get_a_quote(scorer, dangerous_csv, tmp
     spy = Spy(scorer)
     assert score_stream(spy, RULE, source, out, progress=False) == len(rows)
     written = read_csv(out)
-    assert written[0] == ["id", "body", "'=note", "probability"]  # the header is echoed too
+    assert written[0] == ["id", "body", "'=note", "probability", "mode"]  # the header is echoed too
     assert [r[:3] for r in written[1:]] == [defuse_formulas(row) for row in rows]
     assert written[1][1] == "'" + DANGEROUS[0] and written[-1][2] == SAFE[-1]
     assert all(not r[3].startswith("'") and 0 <= float(r[3]) <= 1 for r in written[1:])
@@ -79,7 +79,7 @@ def test_raw_csv_writes_cells_as_they_are(scorer, dangerous_csv, tmp_path):
     out = tmp_path / "out.csv"
     score_stream(scorer, RULE, source, out, progress=False, raw_csv=True)
     written = read_csv(out)
-    assert written[0] == ["id", "body", "=note", "probability"]
+    assert written[0] == ["id", "body", "=note", "probability", "mode"]
     assert [r[:3] for r in written[1:]] == rows
 
 
@@ -90,7 +90,7 @@ def test_jsonl_output_is_unchanged(scorer, tmp_path):
     out = tmp_path / "out.jsonl"
     score_stream(scorer, RULE, source, out, progress=False)
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert [{k: v for k, v in w.items() if k != "probability"} for w in written] == records
+    assert [{k: v for k, v in w.items() if k not in ("probability", "mode")} for w in written] == records
 
 
 def test_cli_defuses_by_default_and_raw_csv_turns_it_off(model_dir, dangerous_csv, tmp_path):

@@ -159,7 +159,7 @@ def test_model_info(server, model_dir):
 def test_openapi_docs_and_page_are_served(server):
     schema = httpx.get(server.url + "/openapi.json").json()
     assert {"/v1/score", "/v1/score/batch", "/v1/model", "/healthz"} <= set(schema["paths"])
-    assert httpx.get(server.url + "/docs").status_code == 200
+    assert httpx.get(server.url + "/docs").status_code == 404  # Swagger UI loads a CDN: off (issue 27)
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and 'id="comments"' in page.text
 

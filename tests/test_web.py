@@ -41,11 +41,15 @@ def model_dir(tiny_checkpoint, tmp_path_factory):
     """A model dir whose recommended threshold is the median score of the comments the test types, so
     that some land above the mark and some below."""
     from rulebert.inference.predict import Scorer
+    from rulebert.model.model_dir import set_threshold
 
     model_dir = make_model_dir(tiny_checkpoint, tmp_path_factory.mktemp("web") / "model")
     scores = Scorer(model_dir, device="cpu").score(COMMENTS_SHOWN, [RULE] * len(COMMENTS_SHOWN))
-    metrics = {"validation": {"roc_auc": 0.5}, "threshold": float(np.median(scores))}
+    metrics = {"validation": {"roc_auc": 0.5}}
     (model_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    set_threshold(
+        model_dir, float(np.median(scores))
+    )  # metrics.json's threshold is checked against the record
     return model_dir
 
 

@@ -53,6 +53,29 @@ def _quiet_libraries() -> None:
     logging.set_verbosity_error()
 
 
+def _warn(message: str) -> None:
+    print(f"rulebert: warning: {message}", file=sys.stderr)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """The port is a port and free, checked before the model loads: a one-line error, not uvicorn's."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise RulebertError(f"--port {port}: a port is 0-65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as err:
+        raise RulebertError(f"--host {host!r}: cannot resolve it ({err})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise RulebertError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
+
+
 def _is_rank_zero() -> bool:
     """False in the other processes of a ``torchrun`` / ``accelerate launch`` run."""
     import os
@@ -140,6 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from rulebert.server.guard import read_api_key
 
     api_key = read_api_key(args.api_key_file)  # RULEBERT_API_KEY when there is no file; checked first
+    _check_listen(args.host, args.port)
     run_server(
         args.model_dir,
         host=args.host,
@@ -170,7 +194,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise RulebertError("--ray-address and --actors go with --engine ray")
     from rulebert.scoring.local import score_file
 
-    count = score_file(args.model_dir, args.rule, args.input, args.output, **options)
+    count = score_file(args.model_dir, args.rule, args.input, args.output, **options, warn=_warn)
     if args.output != "-":
         print(f"wrote {count} rows to {args.output}", file=sys.stderr)
     return 0
@@ -187,7 +211,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         rules = read_rules_jsonl(args.rules)
     elif args.rule is not None:
         from rulebert.domain.rules import StoredRule, check_rule_id
-        from rulebert.scoring.local import read_examples
+        from rulebert.scoring.readers import read_examples
 
         if not args.rule.strip():
             raise RulebertError("--rule: empty rule text")

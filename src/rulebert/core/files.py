@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from rulebert.core.errors import RulebertError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +38,15 @@ def current_umask() -> int:
     return 0o022
 
 
+def create_private(path: str | os.PathLike) -> None:
+    """Create ``path`` (a file) readable by its owner only, if it does not exist yet: SQLite then gives its
+    journal files the same mode."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+
+
 def _final_mode(path: Path) -> int:
     """A replaced file keeps its permissions (a 0600 output stays 0600); a new one gets the usual ones."""
     try:
@@ -43,13 +55,46 @@ def _final_mode(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def check_output_place(path: str | os.PathLike) -> None:
+    """Fail now, before any work, if ``path`` cannot be written: it is a folder, a folder on its way is a
+    file, or the nearest existing folder refuses a new file (read-only, ``/proc``). Creates nothing that
+    stays: a probe file is made and removed; missing folders are left for :func:`atomic_write`."""
+    path = Path(path)
+    if path.is_dir():
+        raise RulebertError(f"{path}: is a folder; name the output file")
+    missing = _missing_folders(path.parent)
+    existing = missing[-1].parent if missing else path.parent
+    if not existing.is_dir():
+        raise RulebertError(f"{path}: cannot be written: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, err.strerror, str(path)) from None  # the output, not the probe
+        raise RulebertError(f"{path}: cannot be written there ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temp file in ``path``'s folder; on success rename it to ``path``, on error delete it."""
+    """Open a temp file in ``path``'s folder; on success rename it to ``path``, on error delete it (and
+    the folders it created for it: a failed run leaves nothing behind)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    created = _missing_folders(path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, _final_mode(path))  # mkstemp makes 0600
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
@@ -57,8 +102,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None:  # a full disk, say: name the file it was
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        for folder in created:  # deepest first; one someone else filled meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(err, OSError) and (tmp is None or err.filename in (None, tmp)):
+            # a full disk or a read-only folder: name the output, never the temp file
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 

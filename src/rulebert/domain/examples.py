@@ -85,6 +85,14 @@ class RuleExamples:
         return digest.hexdigest()
 
 
+def rule_mode(rule: str, examples: RuleExamples | None, trained_rules: set[str] | frozenset[str]) -> str:
+    """``trained`` (``normalize_rule(rule)`` is among the model's ``trained_rules``), ``examples`` (usable
+    examples of both labels) or ``zero-shot``: how a rule is scored."""
+    if normalize_rule(rule) in trained_rules:
+        return "trained"
+    return "examples" if examples is not None and examples.usable else "zero-shot"
+
+
 def _tfidf_scorer(texts: list[str], labels: np.ndarray) -> Callable[[list[str]], np.ndarray]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression

@@ -9,7 +9,7 @@ RULES.jsonl has one JSON object per line::
     {"id": "medical", "text": "No medical advice", "positive_examples": ["..."], "negative_examples": ["..."]}
 
 ``id`` is what a rule is called in a column name (``probability_<id>``) and a URL (``/v1/rules/<id>``):
-letters, digits, ``_``, ``-`` and ``.``, at most 64 characters.
+letters, digits, ``_``, ``-`` and ``.``, at most 64 characters, and not ``.`` or ``..``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,17 @@ import pandas as pd
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain import data as D
+from rulebert.domain.text import surrogate_problem
 
 RULE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 RULE_FIELDS = ("id", "text", "positive_examples", "negative_examples")
+RULE_ID_RULE = "1-64 letters, digits, '_', '-' or '.', not '.' or '..'"
+
+
+def is_rule_id(value: object) -> bool:
+    """Whether ``value`` is a usable rule id. ``.`` and ``..`` match the characters but are path segments a
+    URL resolves away: ``/v1/rules/..`` never reaches the rule."""
+    return isinstance(value, str) and RULE_ID.fullmatch(value) is not None and value not in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,8 @@ class StoredRule:
 
 
 def check_rule_id(rule_id: object, where: str) -> str:
-    if not isinstance(rule_id, str) or not RULE_ID.fullmatch(rule_id):
-        raise RulebertError(
-            f"{where}: id {str(rule_id)[:80]!r} must be 1-64 letters, digits, '_', '-' or '.'"
-        )
+    if not is_rule_id(rule_id):
+        raise RulebertError(f"{where}: id {str(rule_id)[:80]!r} must be {RULE_ID_RULE}")
     return rule_id
 
 
@@ -70,11 +76,16 @@ def rule_from_json(payload: object, where: str) -> StoredRule:
     text = payload.get("text")
     if not isinstance(text, str) or not text.strip():
         raise RulebertError(f"{where}: field 'text' must be a non-empty string")
+    if (problem := surrogate_problem(text)) is not None:
+        raise RulebertError(f"{where}: field 'text': {problem}")
     examples = []
     for name in ("positive_examples", "negative_examples"):
         values = payload.get(name, [])
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise RulebertError(f"{where}: field {name!r} must be a list of strings")
+        for i, value in enumerate(values):
+            if (problem := surrogate_problem(value)) is not None:
+                raise RulebertError(f"{where}: field {name!r}, item {i + 1}: {problem}")
         examples.append(tuple(v for v in values if v.strip()))
     return StoredRule(rule_id, text, examples[0], examples[1])
 

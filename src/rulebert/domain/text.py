@@ -30,6 +30,19 @@ _MAX_FIRST_SEGMENT_SHARE = 0.75
 _MAX_CHARS_PER_TOKEN = 100
 
 
+def surrogate_problem(text: str) -> str | None:
+    """Why ``text`` cannot be tokenised or written as UTF-8, if it holds a lone surrogate: a JSON escape
+    such as ``\\ud800``, or a command-line byte that is not UTF-8 (Python keeps it as ``\\udcXX``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+            return f"not valid UTF-8 (byte 0x{code - 0xDC00:02x} at character {err.start + 1})"
+        return f"a lone surrogate \\u{code:04x} at character {err.start + 1} (not valid Unicode)"
+    return None
+
+
 def cut_for_tokenizer(texts: Sequence[str], max_length: int) -> list[str]:
     """Each text cut to the characters that ``max_length`` tokens can use (see ``_MAX_CHARS_PER_TOKEN``)."""
     limit = max_length * _MAX_CHARS_PER_TOKEN

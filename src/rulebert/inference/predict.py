@@ -24,7 +24,7 @@ from rulebert.core.config import TrainConfig
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import write_csv_atomic
 from rulebert.domain.data import BODY, EXAMPLE_COLUMNS, ROW_ID, RULE, SUBREDDIT, read_csv
-from rulebert.domain.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule
+from rulebert.domain.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule, rule_mode
 from rulebert.domain.text import encode_rows
 from rulebert.model.model_dir import (
     find_embedder,
@@ -136,9 +136,7 @@ class Scorer:
 
     def mode(self, rule: str, examples: RuleExamples | None = None) -> str:
         """``trained``, ``examples`` or ``zero-shot`` (see :data:`MODES`) for a rule and its examples."""
-        if normalize_rule(rule) in self.trained_rules:
-            return "trained"
-        return "examples" if examples is not None and examples.usable else "zero-shot"
+        return rule_mode(rule, examples, self.trained_rules)
 
     def score(
         self,

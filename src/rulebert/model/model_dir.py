@@ -55,7 +55,8 @@ VALIDATION_SCOPE = (
     "default recipe on the competition data measured a column-averaged AUC of 0.7255 (docs/evaluation.md)."
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-# Saved files that change no score, so are not hashed: metrics.json (a threshold a user may move), the card.
+# Saved files that change no score, so are not hashed: metrics.json (entries are added after saving; its
+# threshold is recorded in rulebert.json instead), the card.
 _UNHASHED = (METRICS_FILE, CARD_FILE)
 # Files that a loader reads when they are there: in a dir that records files_sha256, each must be listed.
 _SCORED_FILES = (
@@ -154,6 +155,9 @@ def save_model_dir(
             "versions": library_versions(),
             "weights_sha256": weights,
             "files_sha256": files,  # config, tokenizer files, calibration: all else that changes a score
+            # metrics.json is not hashed (it gains entries after saving), but its threshold flags comments:
+            # recorded here, and checked on every load (:func:`check_threshold`)
+            "threshold": _threshold_value(metrics),
             "labels": {str(k): v for k, v in LABELS.items()},
         }
         names = {"record": RECORD_FILE, "metrics": METRICS_FILE, "calibration": CALIBRATION_FILE}
@@ -192,12 +196,46 @@ def verify_model_dir(model_dir: str | os.PathLike) -> dict[str, Any]:
             scored = path.name in _SCORED_FILES or path.name.endswith(_WEIGHT_SUFFIXES)
             if scored and path.is_file() and path.name not in files and path.name not in weights:
                 raise RulebertError(f"{path}: not listed in {RECORD_FILE} (added after training?)")
+    check_threshold(model_dir, record)
     try:
         config = TrainConfig.from_dict(record.get("config"))
     except RulebertError as err:
         raise RulebertError(f"{where}: config: {err}") from None
     check_positions(model_dir, read_hf_config(model_dir), config.max_length, where)
     return record
+
+
+def _threshold_value(metrics: dict[str, Any]) -> float | None:
+    value = metrics.get("threshold")
+    return None if value is None else float(value)
+
+
+def check_threshold(model_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+    """``metrics.json``'s threshold must be the one ``rulebert.json`` recorded at save time: an edited one
+    (0.0 flags every comment) is refused. A dir saved before thresholds were recorded is not checked."""
+    if "threshold" not in record:
+        return
+    path = Path(model_dir) / METRICS_FILE
+    try:
+        found = _threshold_value(read_metrics(model_dir))
+    except (TypeError, ValueError):
+        found = "not a number"  # type: ignore[assignment]
+    if found != record["threshold"]:
+        raise RulebertError(
+            f"{path}: threshold {found} is not the one {RECORD_FILE} records ({record['threshold']}); edited "
+            "after training? Restore it, pass a threshold per request, or set it with "
+            "rulebert.model.model_dir.set_threshold"
+        )
+
+
+def set_threshold(model_dir: str | os.PathLike, threshold: float) -> None:
+    """Move a model dir's recommended threshold: in ``metrics.json`` and in the record that checks it."""
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise RulebertError(f"threshold {threshold}: expected a probability in [0, 1]")
+    record = verify_model_dir(model_dir)
+    metrics = read_metrics(model_dir) | {"threshold": float(threshold)}
+    write_json_atomic(Path(model_dir) / METRICS_FILE, metrics)
+    write_json_atomic(Path(model_dir) / RECORD_FILE, record | {"threshold": float(threshold)})
 
 
 def load_model_dir(model_dir: str | os.PathLike) -> tuple[Any, Any, TrainConfig, dict[str, Any]]:

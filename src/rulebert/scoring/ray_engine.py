@@ -113,15 +113,28 @@ def _read_parquet(path: Path) -> Shard:
     return Shard(path, "parquet", None, table, bodies, subreddits)
 
 
-def write_shard(shard: Shard, path: Path, probabilities: dict[str, np.ndarray], raw_csv: bool) -> None:
-    """The shard with its probability columns added (replaced when already there), atomically."""
+def write_shard(
+    shard: Shard,
+    path: Path,
+    probabilities: dict[str, np.ndarray],
+    raw_csv: bool,
+    modes: dict[str, tuple[str, str]] | None = None,
+) -> None:
+    """The shard with its probability columns added (replaced when already there), atomically; ``modes``:
+    for a probability column, its mode column and the mode, written beside it."""
+    modes = modes or {}
     if shard.fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = shard.records
+        arrays = []
         for column, values in probabilities.items():
-            array = pa.array(np.round(values, 6), pa.float64())
+            arrays.append((column, pa.array(np.round(values, 6), pa.float64())))
+            if column in modes:
+                mode_column, mode = modes[column]
+                arrays.append((mode_column, pa.array([mode] * len(values), pa.string())))
+        for column, array in arrays:
             if column in table.column_names:
                 table = table.set_column(table.column_names.index(column), column, array)
             else:
@@ -129,10 +142,16 @@ def write_shard(shard: Shard, path: Path, probabilities: dict[str, np.ndarray], 
         with atomic_write(path, "wb") as handle:
             pq.write_table(table, handle)
         return
+    columns = [c for p in probabilities for c in (p, *modes.get(p, ())[:1])]
     with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
-        writer = local._Output(handle, shard.fmt, shard.header, list(probabilities), raw_csv)
+        writer = local._Output(handle, shard.fmt, shard.header, columns, raw_csv)
         for i, row in enumerate(shard.records):
-            writer.write(row, shard.header, {c: round(float(p[i]), 6) for c, p in probabilities.items()})
+            values: dict[str, float | str] = {}
+            for column, p in probabilities.items():
+                values[column] = round(float(p[i]), 6)
+                if column in modes:
+                    values[modes[column][0]] = modes[column][1]
+            writer.write(row, shard.header, values)
 
 
 class ScorerActor:
@@ -249,10 +268,24 @@ def _targets(rule: str | None, examples_path: Any, rules_path: Any) -> list[Scor
         if examples_path is not None:
             raise RulebertError("--examples goes with --rule; with --rules each rule carries its examples")
         return rules_to_score(rules_path)
-    if not rule.strip():
-        raise RulebertError("--rule: empty rule text")
+    local.check_rule_text(rule)
     examples = read_examples(examples_path) if examples_path is not None else Examples()
     return [ScoredRule(PROBABILITY, rule, examples)]
+
+
+def _modes(targets: list[ScoredRule], record: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Each target's (mode column, mode), from the model's record as a ``Scorer`` would decide it."""
+    from rulebert.domain.examples import RuleExamples, normalize_rule, rule_mode
+
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    trained = {normalize_rule(r) for r in data.get("rules") or [] if isinstance(r, str)}
+    return {
+        t.column: (
+            t.mode_column,
+            rule_mode(t.text, RuleExamples.of(t.examples.positive, t.examples.negative), trained),
+        )
+        for t in targets
+    }
 
 
 def score_shards(
@@ -289,7 +322,10 @@ def score_shards(
         raise RulebertError(f"--output {out}: not a folder (--engine ray writes one file per shard into one)")
     if any(p.parent.resolve() == out.resolve() for p in paths):
         raise RulebertError(f"{out}: the output folder holds input shards; its outputs would replace them")
-    verify_model_dir(model_dir)  # this machine's copy; every node of a cluster needs it at the same path
+    record = verify_model_dir(
+        model_dir
+    )  # this machine's copy; every node of a cluster needs it at the same path
+    modes = _modes(targets, record)
     shards = [read_shard(p) for p in paths]  # every bad shard is refused before the cluster starts
     connected = _connect(ray, address)
     log, level = logging.getLogger("ray.data"), logging.getLogger("ray.data").level
@@ -304,5 +340,5 @@ def score_shards(
             ray.shutdown()
     out.mkdir(parents=True, exist_ok=True)
     for shard, probabilities in zip(shards, results, strict=True):
-        write_shard(shard, out / shard.path.name, probabilities, raw_csv)
+        write_shard(shard, out / shard.path.name, probabilities, raw_csv, modes)
     return sum(len(s.bodies) for s in shards), len(shards)

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from rulebert._version import __version__
 from rulebert.core.errors import RulebertError
-from rulebert.domain.rules import RULE_ID, StoredRule, check_adaptable
+from rulebert.domain.rules import RULE_ID_RULE, StoredRule, check_adaptable, is_rule_id
 from rulebert.model.model_dir import VALIDATION_SCOPE
 from rulebert.server.guard import (
     API_KEY_ENV,
@@ -44,6 +44,7 @@ from rulebert.server.guard import (
     REQUEST_TIMEOUT,
     ApiKey,
     BodyLimit,
+    SameOrigin,
     allowed_hosts_for,
     check_api_key,
     guarded_protocol,
@@ -68,7 +69,7 @@ from rulebert.server.schema import MAX_BATCH as MAX_BATCH  # the limits, re-expo
 from rulebert.server.schema import MAX_COMMENT_BYTES as MAX_COMMENT_BYTES
 from rulebert.server.schema import MAX_EXAMPLES as MAX_EXAMPLES
 from rulebert.server.schema import MAX_RULES as MAX_RULES
-from rulebert.server.state import Busy, Jobs, Served, ServedModel, ServerState, with_stored
+from rulebert.server.state import Busy, Jobs, Served, ServedModel, ServerState, checkpoint_name, with_stored
 from rulebert.server.validation import MAX_ERRORS as MAX_ERRORS  # re-exported: the 422 cap is part of the API
 from rulebert.server.validation import InvalidBody, error_body, parse_body
 
@@ -79,6 +80,8 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 INVALID_422 = {422: {"model": InvalidRequestResponse, "description": "Validation Error"}}
+# The page may not be framed by another site (clickjacking its buttons: save, delete, adapt).
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 
 
 def create_app(
@@ -170,14 +173,18 @@ def create_app(
         return state
 
     def stored_rule_id(rule_id: str) -> str:
-        if not RULE_ID.fullmatch(rule_id):
-            raise HTTPException(422, "a rule id is 1-64 letters, digits, '_', '-' or '.'")
+        if not is_rule_id(rule_id):
+            raise HTTPException(422, f"a rule id is {RULE_ID_RULE}")
         return rule_id
 
     app = FastAPI(
         title="rulebert",
         summary="P(a Reddit comment breaks a community rule), from a fine-tuned BERT.",
         version=__version__,
+        # Swagger UI and ReDoc load their scripts from a CDN: off, since nothing is fetched at run time
+        # (the schema stays at /openapi.json)
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.exception_handler(InvalidBody)
@@ -192,8 +199,8 @@ def create_app(
         return Response(content, status_code=422, media_type="application/json")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return page
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -204,12 +211,15 @@ def create_app(
         current = served.current
         scorer, record = current.scorer, current.record
         data = record.get("data") if isinstance(record.get("data"), dict) else {}
+        config = record.get("config")
+        if isinstance(config, dict) and "model" in config:  # --model may name a local folder
+            config = {**config, "model": checkpoint_name(config["model"])}
         return {
             "model": current.name,
             "model_dir": Path(scorer.model_dir).name,  # never the absolute path: it tells about the host
-            "checkpoint": record.get("base_model"),
+            "checkpoint": checkpoint_name(record.get("base_model")),
             "created": record.get("created"),
-            "config": record.get("config"),
+            "config": config,
             "adapted_from": (data.get("adapted_from") or {}).get("model"),
             "validation": scorer.metrics.get("validation"),
             "validation_scope": VALIDATION_SCOPE,
@@ -317,7 +327,12 @@ def create_app(
         if missing:
             raise HTTPException(422, f"no stored rule {missing[0]!r}")
         if not wanted:
-            raise HTTPException(422, "no stored rules to adapt on: PUT /v1/rules/{id} first")
+            why = (
+                "rules is empty: name at least one stored rule, or omit it to adapt on all"
+                if request.rules is not None
+                else "no stored rules to adapt on: PUT /v1/rules/{id} first"
+            )
+            raise HTTPException(422, why)
         chosen = [by_id[rule_id] for rule_id in dict.fromkeys(wanted)]
         try:
             check_adaptable(chosen)
@@ -357,8 +372,9 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    # Starlette runs the last added middleware first: Host check, then API key, then body limits.
+    # Starlette runs the last added middleware first: Host check, API key, same origin, body limits.
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, timeout=request_timeout)
+    app.add_middleware(SameOrigin, state_changing=lambda scope: not scope["path"].startswith("/v1/score"))
     if api_key is not None:
         app.add_middleware(ApiKey, key=api_key)
     if allowed_hosts is not None:

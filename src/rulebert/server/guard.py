@@ -28,7 +28,8 @@ MAX_CONNECTIONS = 64  # open connections served at once; beyond it requests get 
 KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as they appear in a Host header
-OPEN_PATHS = ("/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/", "/healthz", "/openapi.json")
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 API_KEY_ENV = "RULEBERT_API_KEY"
 
 
@@ -165,6 +166,60 @@ class ApiKey:
         scheme, _, token = (_header(scope, b"authorization") or b"").strip().partition(b" ")
         matches = hmac.compare_digest(token.strip(), self.key)  # constant time, whatever the scheme
         return matches and scheme.lower() == b"bearer"
+
+
+def _is_json_type(content_type: bytes) -> bool:
+    """``application/json`` or ``application/*+json`` (parameters such as ``charset`` allowed)."""
+    kind = content_type.split(b";", 1)[0].strip().lower()
+    return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+
+
+def _origin_netloc(origin: bytes) -> bytes | None:
+    """``host[:port]`` of an Origin header, the scheme's default port dropped; None for ``null`` or junk."""
+    scheme, sep, rest = origin.strip().lower().partition(b"://")
+    if not sep or not rest or b"/" in rest:
+        return None
+    default = {b"http": b":80", b"https": b":443"}.get(scheme)
+    return rest[: -len(default)] if default and rest.endswith(default) else rest
+
+
+def _host_netloc(host: bytes) -> bytes:
+    host = host.strip().lower()
+    for default in (b":80", b":443"):
+        if host.endswith(default):
+            return host[: -len(default)]
+    return host
+
+
+class SameOrigin:
+    """ASGI middleware against cross-site request forgery on ``/v1/*``.
+
+    A page on another site can make a browser send a "simple" POST (a form, ``text/plain``) to a loopback
+    server without asking it first, and with no API key set nothing else stops it. So: a request with an
+    unsafe method whose ``Origin`` is not this server's own (the Host it was sent to) is a 403; and a
+    request to ``state_changing`` paths that carries a non-JSON ``Content-Type`` is a 415 (a browser
+    sends ``application/json`` cross-site only after a CORS preflight, which this server never grants).
+    Requests without an Origin (curl, scripts, server-to-server) are not browsers' and pass.
+    """
+
+    def __init__(self, app: Any, state_changing: Any) -> None:
+        self.app, self.state_changing = app, state_changing
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS and scope["path"].startswith("/v1/"):
+            origin = _header(scope, b"origin")
+            if origin is not None and _origin_netloc(origin) != _host_netloc(_header(scope, b"host") or b""):
+                shown = origin.decode("latin-1")[:100]
+                detail = f"cross-origin request refused (Origin {shown!r} is not this server)"
+                await _refuse(scope, receive, send, 403, detail, unread_body=_body_follows(scope))
+                return
+            content_type = _header(scope, b"content-type")
+            if self.state_changing(scope) and content_type is not None and not _is_json_type(content_type):
+                shown = content_type.decode("latin-1")[:100]
+                detail = f"Content-Type {shown!r} is not supported: send application/json"
+                await _refuse(scope, receive, send, 415, detail, unread_body=_body_follows(scope))
+                return
+        await self.app(scope, receive, send)
 
 
 def check_api_key(key: str, source: str) -> str:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rulebert.core.errors import RulebertError
+from rulebert.core.files import create_private
 from rulebert.domain.rules import StoredRule, check_rule_id
 
 
@@ -28,7 +29,8 @@ class RuleStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        create_private(self.path)  # owner only: moderators' rules and examples
         try:
             with self._connect() as connection:
                 connection.execute("PRAGMA journal_mode=WAL")
@@ -63,13 +65,16 @@ class RuleStore:
         check_rule_id(rule.id, "rule")
         body = json.dumps({k: v for k, v in rule.to_json().items() if k not in ("id", "updated")})
         stamped = StoredRule(rule.id, rule.text, rule.positive_examples, rule.negative_examples, time.time())
+        row = (rule.id, body, stamped.updated)
         with self._connect() as connection:
-            existed = connection.execute("SELECT 1 FROM rules WHERE id = ?", (rule.id,)).fetchone()
-            connection.execute(
-                "INSERT OR REPLACE INTO rules (id, body, updated) VALUES (?, ?, ?)",
-                (rule.id, body, stamped.updated),
-            )
-        return stamped, existed is None
+            # One statement decides "new": of many concurrent puts of a new id, exactly one inserts (a
+            # SELECT then an INSERT let several see "absent" and all answer 201).
+            created = connection.execute(
+                "INSERT OR IGNORE INTO rules (id, body, updated) VALUES (?, ?, ?)", row
+            ).rowcount
+            if not created:
+                connection.execute("UPDATE rules SET body = ?, updated = ? WHERE id = ?", row[1:] + row[:1])
+        return stamped, created == 1
 
     def get(self, rule_id: str) -> StoredRule | None:
         with self._connect() as connection:

@@ -54,7 +54,8 @@ Subreddit = Annotated[str, Field(max_length=MAX_SUBREDDIT_CHARS)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+    # a misspelt field is an error, not silently ignored; and no coercion: "0.5" or true is not a threshold
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Rule(Strict):

@@ -1,6 +1,8 @@
 """What ``rulebert serve --state-dir S`` keeps between requests and restarts.
 
 - ``S/rules.sqlite3``: the stored rules (:class:`rulebert.server.rule_store.RuleStore`);
+- ``S/jobs.sqlite3``: adaptation jobs (:class:`rulebert.server.job_store.JobStore`), so that a restart still
+  answers for them; one the last server left unfinished is marked failed, its staging folder removed;
 - ``S/models/<UTC time>-<job>/``: adapted model dirs, newest last; a restart serves the newest one that
   descends from the ``--model-dir`` given (and verifies), else ``--model-dir`` itself;
 - one adaptation job at a time (:class:`Jobs`), run in a background thread while scoring goes on with the
@@ -24,23 +26,36 @@ from pathlib import Path
 from typing import Any
 
 from rulebert.core.errors import RulebertError
-from rulebert.domain.rules import RULE_ID, StoredRule
+from rulebert.domain.rules import StoredRule, is_rule_id
 from rulebert.model.integrity import lineage_root
 from rulebert.model.model_dir import verify_model_dir
+from rulebert.server.job_store import JobStore
 from rulebert.server.rule_store import RuleStore
 from rulebert.server.schema import Rule
 from rulebert.server.validation import InvalidBody, error_body
 
 RULES_DB = "rules.sqlite3"
+JOBS_DB = "jobs.sqlite3"
 MODELS_DIR = "models"
 KEEP_MODELS = 3  # adapted model dirs kept under S/models (the served one is always kept)
-KEEP_JOBS = 100  # finished jobs remembered for GET /v1/jobs/{id} (in memory: a restart forgets them)
+KEEP_JOBS = 100  # finished jobs kept in memory for GET /v1/jobs/{id} (older ones: from jobs.sqlite3)
+STAGING_PREFIX = ".adapting-"  # training.adapt assembles a model dir here, then renames it into place
 
 
 def model_name(model_dir: Path, record: dict[str, Any]) -> str:
     """The model dir's name plus the start of its weights' hash: tells two models of one name apart."""
     hashes = "".join(sorted((record.get("weights_sha256") or {}).values()))
     return f"{model_dir.name}@{hashes[:12]}" if hashes else model_dir.name
+
+
+def checkpoint_name(base_model: object) -> str | None:
+    """A base checkpoint as a name: a local folder's last part, never its absolute path (it tells about
+    the host); a hub name (``org/model``) as it is."""
+    if not isinstance(base_model, str) or not base_model:
+        return None
+    if base_model.startswith(("/", "~", ".")) or "\\" in base_model or base_model.count("/") > 1:
+        return Path(base_model.replace("\\", "/")).name or base_model
+    return base_model
 
 
 @dataclass
@@ -76,8 +91,22 @@ class ServerState:
         if self.dir.exists() and not self.dir.is_dir():
             raise RulebertError(f"{self.dir}: --state-dir exists and is not a directory")
         self.models_dir = self.dir / MODELS_DIR
-        self.models_dir.mkdir(parents=True, exist_ok=True)
+        # owner only: stored rules are moderators' data, and the state dir holds models it serves
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.models_dir.mkdir(mode=0o700, exist_ok=True)
         self.rules = RuleStore(rules_db if rules_db is not None else self.dir / RULES_DB)
+        self.jobs = JobStore(self.dir / JOBS_DB)
+        self._recover()
+
+    def _recover(self) -> None:
+        """After a crash: jobs that were running are failed, their staging folders removed."""
+        for job_id in self.jobs.recover():
+            print(
+                f"rulebert: warning: adaptation job {job_id} was interrupted; marked failed", file=sys.stderr
+            )
+        for path in self.models_dir.glob(f"{STAGING_PREFIX}*"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
     def adapted_models(self) -> list[Path]:
         """Adapted model dirs, oldest first (their names start with a UTC time); staging dirs excluded."""
@@ -139,7 +168,9 @@ class Jobs:
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
             job = self._jobs.get(job_id)
-            return None if job is None else job.to_json()
+            if job is not None:
+                return job.to_json()
+        return self.state.jobs.get(job_id)  # one from before a restart, or forgotten in memory
 
     @property
     def active(self) -> str | None:
@@ -155,6 +186,7 @@ class Jobs:
             while len(self._jobs) > KEEP_JOBS:
                 self._jobs.popitem(last=False)
             snapshot = job.to_json()
+            self.state.jobs.save(snapshot)
         threading.Thread(target=self._run, args=(job, rules), name=f"adapt-{job.job}", daemon=True).start()
         return snapshot
 
@@ -162,6 +194,11 @@ class Jobs:
         with self._lock:
             for key, value in changes.items():
                 setattr(job, key, value)
+            snapshot = job.to_json()
+        try:
+            self.state.jobs.save(snapshot)
+        except Exception as err:  # noqa: BLE001 - a full disk must not kill the job: memory still has it
+            print(f"rulebert: warning: cannot record job {job.job}: {err}", file=sys.stderr)
 
     def _run(self, job: JobState, rules: list[StoredRule]) -> None:
         from rulebert.training.adapt import (
@@ -189,8 +226,8 @@ class Jobs:
             reason = str(err) if isinstance(err, RulebertError) else f"{type(err).__name__}: {err}"
             self._update(job, status="failed", message=" ".join(reason.split())[:500])
         finally:
+            self._update(job, finished=time.time())
             with self._lock:
-                job.finished = time.time()
                 self._active = None
 
 
@@ -201,7 +238,7 @@ def with_stored(
     errors, out = [], []
     for i, rule in enumerate(rules):
         stored = None
-        if rule.text is None and state is not None and RULE_ID.fullmatch(rule.id or ""):
+        if rule.text is None and state is not None and is_rule_id(rule.id):
             stored = state.rules.get(rule.id)
         if rule.text is None and stored is None:
             why = (

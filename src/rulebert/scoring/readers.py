@@ -1,0 +1,198 @@
+"""Reading a moderator's comments (and a rule's labelled examples) for ``rulebert score``: CSV or JSONL,
+a file or stdin, with a one-line error naming the file, line and column of anything unreadable.
+
+CSV goes through the ``csv`` module rather than pandas: cells stay the exact strings they were (no
+``NaN``, no ``1.0`` for ``1``) and a bad byte or row is reported with its line number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rulebert.core.errors import RulebertError
+from rulebert.domain.text import surrogate_problem
+
+TEXT_COLUMNS = ("body", "comment")
+EXAMPLE_TEXT_COLUMNS = ("text", "body", "comment")
+EXAMPLE_LABEL_COLUMNS = ("label", "rule_violation", "removed")
+"""``removed``: a moderator's decision log (``body, removed``) is a rule's examples as it stands."""
+POSITIVE_LABELS = ("1", "true", "1.0", "removed", "remove")
+NEGATIVE_LABELS = ("0", "false", "0.0", "kept", "keep")
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+@dataclass
+class Examples:
+    """Comments known to break (positive) or keep (negative) the rule."""
+
+    positive: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """One input row: its position for error messages, the record to write back, the text to score."""
+
+    where: str
+    record: Any  # list[str] for CSV, dict for JSONL
+    column: str  # where the text came from
+    body: str
+    subreddit: str | None
+
+
+def _sniff(head: bytes) -> str:
+    """JSONL when the first non-blank character opens an object, else CSV."""
+    return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
+
+
+@contextlib.contextmanager
+def _open_binary(path: str) -> Iterator[tuple[io.BufferedReader, str, str]]:
+    """(binary handle, format, name for messages); ``-`` is stdin, whose format is sniffed."""
+    if path == "-":
+        handle = sys.stdin.buffer
+        yield handle, _sniff(handle.peek(256)[:256]), "<stdin>"
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise RulebertError(f"{file}: file not found")
+    with open(file, "rb") as handle:
+        fmt = FORMATS.get(file.suffix.lower()) or _sniff(handle.peek(256)[:256])
+        yield handle, fmt, str(file)
+
+
+def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
+    """Lines as text (newlines kept), with a one-line error naming the line of a non-UTF-8 byte."""
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if b"\x00" in raw:
+            raise RulebertError(f"{name}: line {number}: contains a NUL byte (not a text file?)")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = raw[err.start : err.start + 1].hex()
+            raise RulebertError(f"{name}: line {number}: not valid UTF-8 (byte 0x{bad})") from None
+
+
+def _pick(columns: Sequence[str], wanted: Sequence[str], name: str, what: str) -> str:
+    for column in wanted:
+        if column in columns:
+            return column
+    found = ", ".join(map(str, columns)) or "none"
+    names = " or ".join(f"'{c}'" for c in wanted)
+    raise RulebertError(f"{name}: no {what} column {names} (found: {found})")
+
+
+def _csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple[list[str], Iterator[Row]]:
+    reader = csv.reader(_decoded_lines(handle, name))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise RulebertError(f"{name}: file is empty") from None
+    except csv.Error as err:
+        raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
+    text = header.index(_pick(header, text_columns, name, "text"))
+    sub = header.index("subreddit") if "subreddit" in header else None
+
+    def rows() -> Iterator[Row]:
+        number = 0
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
+            if not cells:  # a blank line
+                continue
+            number += 1
+            where = f"{name}: row {number} (line {reader.line_num})"
+            if len(cells) != len(header):
+                raise RulebertError(f"{where}: {len(cells)} fields, the header has {len(header)}")
+            yield Row(where, cells, header[text], cells[text], cells[sub] if sub is not None else None)
+
+    return header, rows()
+
+
+def _check_unicode(record: dict[str, Any], where: str) -> None:
+    """A one-line error naming the key of a string holding a lone surrogate (``"\\ud800"`` is valid JSON
+    but no text: the tokenizer and a UTF-8 output both refuse it)."""
+    stack: list[tuple[str, Any]] = list(record.items())
+    while stack:
+        key, value = stack.pop()
+        problem = surrogate_problem(key)
+        if problem is None and isinstance(value, str):
+            problem = surrogate_problem(value)
+        elif isinstance(value, dict):
+            stack.extend((key, v) for v in [*value, *value.values()])
+        elif isinstance(value, list):
+            stack.extend((key, v) for v in value)
+        if problem is not None:
+            raise RulebertError(f"{where}, key {key[:40]!r}: {problem}")
+
+
+def _jsonl_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> Iterator[Row]:
+    for number, line in enumerate(_decoded_lines(handle, name), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}: line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RulebertError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise RulebertError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if "\\u" in line:  # only an escape can put a lone surrogate in decoded UTF-8
+            _check_unicode(record, where)
+        key = _pick(list(record), text_columns, where, "text")
+        body = record[key]
+        if not isinstance(body, str):
+            raise RulebertError(f"{where}, key '{key}': expected a string, got {type(body).__name__}")
+        subreddit = record.get("subreddit")
+        yield Row(where, record, key, body, subreddit if isinstance(subreddit, str) else None)
+
+
+def _checked(rows: Iterator[Row]) -> Iterator[Row]:
+    for row in rows:
+        if not row.body.strip():
+            raise RulebertError(f"{row.where}, column '{row.column}': empty comment")
+        yield row
+
+
+def read_examples(path: str | os.PathLike) -> Examples:
+    """A CSV/JSONL of ``text`` (or ``body``/``comment``) and ``label`` (or ``rule_violation``, or ``removed``:
+    1 = breaks the rule, 0 = keeps it; ``true``/``false`` and ``removed``/``kept`` also read)."""
+    examples = Examples()
+    with _open_binary(str(path)) as (handle, fmt, name):
+        if fmt == "csv":
+            header, rows = _csv_rows(handle, name, EXAMPLE_TEXT_COLUMNS)
+            label_at = header.index(_pick(header, EXAMPLE_LABEL_COLUMNS, name, "label"))
+            pairs = ((row, row.record[label_at], header[label_at]) for row in rows)
+        else:
+
+            def jsonl_pairs() -> Iterator[tuple[Row, Any, str]]:
+                for row in _jsonl_rows(handle, name, EXAMPLE_TEXT_COLUMNS):
+                    key = _pick(list(row.record), EXAMPLE_LABEL_COLUMNS, row.where, "label")
+                    yield row, row.record[key], key
+
+            pairs = jsonl_pairs()
+        for row, label, column in pairs:
+            if not row.body.strip():
+                raise RulebertError(f"{row.where}, column '{row.column}': empty example text")
+            value = str(label).strip().lower()
+            if value not in POSITIVE_LABELS + NEGATIVE_LABELS:
+                raise RulebertError(f"{row.where}, column '{column}': label {label!r} is not 0 or 1")
+            target = examples.positive if value in POSITIVE_LABELS else examples.negative
+            target.append(row.body)
+    if not examples.positive and not examples.negative:
+        raise RulebertError(f"{path}: no example rows")
+    return examples
