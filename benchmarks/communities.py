@@ -137,6 +137,14 @@ class Memo:
             self._scores.update({key: float(s) for key, s in zip(todo, fresh, strict=True)})
         return np.array([self._scores[key] for key in keys], dtype=np.float32)
 
+    def save_vectors(self, path: Path) -> None:
+        """The embeddings met so far (texts and vectors), for benchmarks/communities_levers.py."""
+        if self._vectors:
+            texts = list(self._vectors)
+            np.savez(
+                path, texts=np.array(texts, dtype=object), vectors=np.stack([self._vectors[t] for t in texts])
+            )
+
     def embed_texts(self, texts: list[str], max_length: int) -> np.ndarray:
         todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         if todo:
@@ -244,7 +252,9 @@ def run(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    for community in communities:
+    for number, community in enumerate(communities, 1):
+        if memo is not None and number % 16 == 0:  # a run cut short still leaves most of its embeddings
+            memo.save_vectors(args.work / "embeddings.npz")
         for seed in args.seeds:
             examples_of, scored = split(community, seed, args.ks)
             scored_texts = [community.bodies[i] for i in scored]
@@ -333,58 +343,71 @@ def run(args: argparse.Namespace) -> None:
                             time.perf_counter() - started,
                         )
                     )
+    if memo is not None:
+        memo.save_vectors(args.work / "embeddings.npz")
     if "adapt" in systems:
         run_adapt(args, communities, done, write)
     out.close()
 
 
 def run_adapt(args: argparse.Namespace, communities: list[Community], done: set, write: Any) -> None:
-    """One ``adapt_model`` over every community's examples per (seed, k); the adapted model scores each
-    community with its examples (mode ``trained``, blended when there are enough)."""
+    """``adapt_model`` per (seed, k): one adaptation over every community's examples (``--adapt-per all``, a
+    platform serving many communities) or one per community (``--adapt-per community``); the adapted model
+    scores each community with its examples (mode ``trained``, blended when there are enough). Adapted
+    models skip the int8 export (scored by torch): the seconds are those of fine-tuning and saving."""
     from rulebert.domain.rules import StoredRule
     from rulebert.inference.predict import Scorer
     from rulebert.training.adapt import adapt_model
 
+    def rule_of(community: Community, chosen: np.ndarray) -> StoredRule:
+        return StoredRule(
+            id="community",
+            text=community.rulebook,
+            positive_examples=tuple(community.bodies[i] for i in chosen if community.labels[i] == 1),
+            negative_examples=tuple(community.bodies[i] for i in chosen if community.labels[i] == 0),
+        )
+
+    def adapted(name: str, rules: list[StoredRule]) -> tuple[Scorer, float]:
+        target = args.work / name
+        started = time.perf_counter()
+        if not (target / "rulebert.json").is_file():
+            adapt_model(args.model_dir, rules, target, overwrite=True, progress=False, export_int8=False)
+        return Scorer(target), time.perf_counter() - started
+
+    def score(
+        scorer: Scorer, community: Community, rule: StoredRule, scored: np.ndarray
+    ) -> tuple[np.ndarray, str]:
+        details = scorer.predict(
+            [(rule.text, community.bodies[i]) for i in scored],
+            {"positive": list(rule.positive_examples), "negative": list(rule.negative_examples)},
+            details=True,
+        )
+        return np.array([d["probability"] for d in details]), details[0]["mode"]
+
     for seed in args.seeds:
         for k in args.ks:
-            if all(("adapt", c.name, seed, k) in done for c in communities):
+            todo = [c for c in communities if ("adapt", c.name, seed, k) not in done]
+            if not todo:
                 continue
-            rules, splits = [], {}
-            for community in communities:
-                examples_of, scored = split(community, seed, args.ks)
-                chosen = examples_of[k]
-                splits[community.name] = (chosen, scored)
-                rules.append(
-                    StoredRule(
-                        id=f"c{len(rules)}",
-                        text=community.rulebook,
-                        positive_examples=tuple(
-                            community.bodies[i] for i in chosen if community.labels[i] == 1
-                        ),
-                        negative_examples=tuple(
-                            community.bodies[i] for i in chosen if community.labels[i] == 0
-                        ),
+            splits = {c.name: split(c, seed, args.ks) for c in communities}
+            rules = {c.name: rule_of(c, splits[c.name][0][k]) for c in communities}
+            if args.adapt_per == "all":
+                shared = [
+                    StoredRule(f"c{i}", r.text, r.positive_examples, r.negative_examples)
+                    for i, r in enumerate(rules.values())
+                ]
+                scorer, seconds = adapted(f"adapted-all-s{seed}-k{k}", shared)
+                per_community = seconds / len(communities)
+            for community in todo:
+                if args.adapt_per == "community":
+                    scorer, per_community = adapted(
+                        f"adapted-{community.name}-s{seed}-k{k}", [rules[community.name]]
                     )
-                )
-            target = args.work / f"adapted-s{seed}-k{k}"
-            started = time.perf_counter()
-            if not (target / "rulebert.json").is_file():
-                adapt_model(args.model_dir, rules, target, overwrite=True, progress=True)
-            adapt_seconds = time.perf_counter() - started
-            scorer = Scorer(target)
-            for community, rule in zip(communities, rules, strict=True):
-                chosen, scored = splits[community.name]
                 started = time.perf_counter()
-                details = scorer.predict(
-                    [(rule.text, community.bodies[i]) for i in scored],
-                    {"positive": list(rule.positive_examples), "negative": list(rule.negative_examples)},
-                    details=True,
-                )
-                probability = np.array([d["probability"] for d in details])
+                scored = splits[community.name][1]
+                probability, mode = score(scorer, community, rules[community.name], scored)
                 threshold = (
-                    scorer.flag_threshold("trained")
-                    if hasattr(scorer, "flag_threshold")
-                    else scorer.threshold
+                    scorer.flag_threshold(mode) if hasattr(scorer, "flag_threshold") else scorer.threshold
                 )
                 write(
                     line_of(
@@ -395,9 +418,10 @@ def run_adapt(args: argparse.Namespace, communities: list[Community], done: set,
                         scored,
                         probability,
                         threshold,
-                        time.perf_counter() - started + adapt_seconds / len(communities),
-                        adapt_s=round(adapt_seconds, 1),
-                        mode=details[0]["mode"],
+                        time.perf_counter() - started + per_community,
+                        adapt_s=round(per_community, 1),
+                        mode=mode,
+                        adapt_per=args.adapt_per,
                     )
                 )
 

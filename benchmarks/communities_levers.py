@@ -31,21 +31,31 @@ sys.modules[_spec.name] = bench
 _spec.loader.exec_module(bench)
 
 
-def embed_all(communities: list, work: Path) -> list[np.ndarray]:
+def embed_all(communities: list, work: Path, cache: Path | None) -> list[np.ndarray]:
+    """Every comment's embedding: from ``cache`` (``benchmarks/communities.py`` saves the embeddings it met
+    in WORK/embeddings.npz), the rest embedded here and saved in ``work``."""
     from example_members import embedder_for
 
-    path = work / "embeddings.npy"
-    sizes = [len(c.bodies) for c in communities]
-    if not path.is_file():
+    known: dict[str, np.ndarray] = {}
+    for path in (cache, work / "embeddings.npz"):
+        if path is not None and path.is_file():
+            saved = np.load(path, allow_pickle=True)
+            known.update(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
+    missing = list(dict.fromkeys(t for c in communities for t in c.bodies if t not in known))
+    if missing:
         embedder = embedder_for("default", work)
-        texts = [t for c in communities for t in c.bodies]
-        started, parts = time.perf_counter(), []
-        for start in range(0, len(texts), 2048):
-            parts.append(embedder.embed_texts(texts[start : start + 2048], 256))
-            print(f"embedded {start + len(parts[-1])}/{len(texts)} ({time.perf_counter() - started:.0f} s)")
-        np.save(path, np.concatenate(parts))
-    vectors = np.load(path)
-    return np.split(vectors, np.cumsum(sizes)[:-1])
+        started = time.perf_counter()
+        for start in range(0, len(missing), 2048):
+            part = missing[start : start + 2048]
+            known.update(zip(part, embedder.embed_texts(part, 256), strict=True))
+            print(f"embedded {start + len(part)}/{len(missing)} ({time.perf_counter() - started:.0f} s)")
+        texts = list(known)
+        np.savez(
+            work / "embeddings.npz",
+            texts=np.array(texts, dtype=object),
+            vectors=np.stack([known[t] for t in texts]),
+        )
+    return [np.stack([known[t] for t in c.bodies]) for c in communities]
 
 
 def _lr(c: float) -> Callable:
@@ -108,14 +118,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
     parser.add_argument("--communities", type=int, default=None)
+    parser.add_argument("--cache", type=Path, default=Path("runs/communities/embeddings.npz"))
     parser.add_argument("--variants", default="product,tfidf,emb-c1,emb-c10,emb-c100,centroid,tfidf+emb-c10")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    communities = bench.load_communities(args.data)
-    vectors_of = embed_all(communities, args.work)
-    if args.communities:
-        pick = np.linspace(0, len(communities) - 1, args.communities).round().astype(int)
-        communities, vectors_of = [communities[i] for i in pick], [vectors_of[i] for i in pick]
+    communities = bench.load_communities(args.data, args.communities)
+    vectors_of = embed_all(communities, args.work, args.cache)
     variants = args.variants.split(",")
     aucs = {(v, k): [] for v in variants for k in args.ks}
     seconds = dict.fromkeys(variants, 0.0)
