@@ -37,10 +37,10 @@ EPSILON = 1e-12
 point, which is exact)."""
 
 
-def _quantize_nodes(x: str, p: str, symmetric: bool) -> tuple[list[Any], dict[str, np.ndarray]]:
+def _quantize_nodes(x: str, p: str, symmetric: bool, width: int) -> tuple[list[Any], dict[str, np.ndarray]]:
     """Nodes that quantise ``x`` per vector of its last axis: outputs ``{p}_codes`` (uint8), ``{p}_scale``
     (float, last axis 1) and, asymmetric, ``{p}_zp`` (int32); plus the constants they read."""
-    from onnx import TensorProto
+    from onnx import TensorProto, numpy_helper
     from onnx.helper import make_node as node
 
     consts = {f"{p}_zero": np.array(0.0, np.float32), f"{p}_eps": np.array(EPSILON, np.float32)}
@@ -49,17 +49,30 @@ def _quantize_nodes(x: str, p: str, symmetric: bool) -> tuple[list[Any], dict[st
         node("ReduceMin", [x], [f"{p}_lo"], keepdims=1, axes=[-1]),
     ]
     if symmetric:
-        consts |= {f"{p}_127": np.array(127.0, np.float32), f"{p}_128": np.array(128.0, np.float32)}
+        consts[f"{p}_127"] = np.array(127.0, np.float32)
+        consts[f"{p}_2d_shape"] = np.array([-1, width], np.int64)
+        consts[f"{p}_1d_shape"] = np.array([-1], np.int64)
         return [
             *reduce,
             node("Neg", [f"{p}_lo"], [f"{p}_neg_lo"]),
             node("Max", [f"{p}_hi", f"{p}_neg_lo"], [f"{p}_absmax"]),
             node("Div", [f"{p}_absmax", f"{p}_127"], [f"{p}_raw_scale"]),
             node("Max", [f"{p}_raw_scale", f"{p}_eps"], [f"{p}_scale"]),
-            node("Div", [x, f"{p}_scale"], [f"{p}_scaled"]),
-            node("Round", [f"{p}_scaled"], [f"{p}_rounded"]),  # |x| <= max|x|: within [-127, 127], no clip
-            node("Add", [f"{p}_rounded", f"{p}_128"], [f"{p}_shifted"]),
-            node("Cast", [f"{p}_shifted"], [f"{p}_codes"], to=TensorProto.UINT8),
+            # One QuantizeLinear per token (axis 0 of the [tokens, width] view, scale and zero point one
+            # per token) does divide, round half to even, add 128 and cast in one pass; the elementwise
+            # chain doing the same took ~8% of the forward pass. |x| <= max|x|, so no code saturates.
+            node("Reshape", [x, f"{p}_2d_shape"], [f"{p}_2d"]),
+            node("Reshape", [f"{p}_scale", f"{p}_1d_shape"], [f"{p}_scale_1d"]),
+            node("Shape", [f"{p}_scale_1d"], [f"{p}_tokens"]),
+            node(
+                "ConstantOfShape",
+                [f"{p}_tokens"],
+                [f"{p}_zp_1d"],
+                value=numpy_helper.from_array(np.array([128], np.uint8)),
+            ),
+            node("QuantizeLinear", [f"{p}_2d", f"{p}_scale_1d", f"{p}_zp_1d"], [f"{p}_codes_2d"], axis=0),
+            node("Shape", [x], [f"{p}_shape"]),
+            node("Reshape", [f"{p}_codes_2d", f"{p}_shape"], [f"{p}_codes"]),
         ], consts
     consts[f"{p}_255"] = np.array(255.0, np.float32)
     return [
@@ -103,7 +116,9 @@ def per_token_activations(model: Any, *, symmetric: Any = True) -> int:
     def only(name: str, op: str) -> Any:
         users = consumers[name]
         if len(users) != 1 or users[0].op_type != op:
-            raise ValueError(f"per-token quantisation: {name} feeds {[u.op_type for u in users]}, not one {op}")
+            raise ValueError(
+                f"per-token quantisation: {name} feeds {[u.op_type for u in users]}, not one {op}"
+            )
         return users[0]
 
     replace: dict[int, list[Any]] = {}  # id(old node) -> the nodes written in its place
@@ -115,7 +130,8 @@ def per_token_activations(model: Any, *, symmetric: Any = True) -> int:
         symmetric = sym_arg(dql.input[0]) if callable(sym_arg) else sym_arg
         codes, scale, zero = dql.output
         p = dql.name or codes
-        nodes, new_consts = _quantize_nodes(dql.input[0], p, symmetric)
+        width = inits[consumers[codes][0].input[1]].dims[0]
+        nodes, new_consts = _quantize_nodes(dql.input[0], p, symmetric, width)
         consts |= new_consts
         replace[id(dql)] = nodes
         for matmul in consumers[codes]:
@@ -142,7 +158,9 @@ def per_token_activations(model: Any, *, symmetric: Any = True) -> int:
             # sum_k (w - z_w) per output column: what a token's zero point adds to each output, in int32.
             consts[f"{name}_colsum"] = (weight - w_zp).sum(axis=0).astype(np.int32)
             replace[id(matmul)] = [
-                make_node("MatMulInteger", [f"{p}_codes", matmul.input[1], "", w_zero], [f"{name}_raw"], name=name),
+                make_node(
+                    "MatMulInteger", [f"{p}_codes", matmul.input[1], "", w_zero], [f"{name}_raw"], name=name
+                ),
                 make_node("Mul", [f"{p}_zp", f"{name}_colsum"], [f"{name}_zp_term"]),
                 make_node("Sub", [f"{name}_raw", f"{name}_zp_term"], [f"{name}_int"]),
                 make_node("Cast", [f"{name}_int"], [f"{name}_float"], to=TensorProto.FLOAT),
