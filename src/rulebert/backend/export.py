@@ -25,6 +25,10 @@ from rulebert.model.model_dir import load_model_dir, onnx_path, record_onnx
 OPSET = 17
 ACTIVATIONS = "activations per token"
 """What ``onnx.json`` says of an int8 file's activation scales (files without it have one scale per batch)."""
+ACTIVATION_MODES = ("per-token", "per-token-asymmetric", "per-batch")
+"""Activation scales of an int8 file: per token, symmetric (what the export writes); per token with a zero
+point each (closer to fp32, ~20% slower: :mod:`rulebert.backend.rowquant`); one per batch (quantize_dynamic
+as it is, batch-dependent: for benchmarks only)."""
 
 
 @contextmanager
@@ -75,10 +79,12 @@ def _write_onnx(
     *,
     int8: bool,
     keep_fp32: tuple[str, ...] = (),
+    activations: str = "per-token",
 ) -> list[str]:
     """Trace ``module`` on ``sample`` (tokenizer output) into ``target``, int8-quantised when asked (but the
-    MatMul groups named in ``keep_fp32``); return the input names. Written in a temp dir beside ``target``
-    and renamed into place: never half a file."""
+    MatMul groups named in ``keep_fp32``; activation scales as :data:`ACTIVATION_MODES` ``activations``);
+    return the input names. Written in a temp dir beside ``target`` and renamed into place: never half a
+    file."""
     import torch
 
     names = [n for n in INPUT_ORDER if n in sample]
@@ -120,18 +126,29 @@ def _write_onnx(
                 )
             # quantize_dynamic's activation scale is one per batch: a row's score would depend on the rows
             # beside it. Per-token scales make it a function of the row alone (and were more faithful).
-            graph = onnx.load(str(produced))
-            per_token_activations(graph)
-            onnx.save(graph, str(produced))
+            if activations != "per-batch":
+                graph = onnx.load(str(produced))
+                per_token_activations(graph, symmetric=activations == "per-token")
+                onnx.save(graph, str(produced))
         os.replace(produced, target)
     return names
 
 
-def int8_variant_file(model: Any, tokenizer: Any, target: Path, *, keep_fp32: tuple[str, ...] = ()) -> Path:
-    """An int8 ONNX file of an in-memory classifier, with the MatMul groups ``keep_fp32`` left in fp32
-    (``benchmarks/int8_fidelity.py`` measures the variants)."""
+def int8_variant_file(
+    model: Any,
+    tokenizer: Any,
+    target: Path,
+    *,
+    keep_fp32: tuple[str, ...] = (),
+    activations: str = "per-token",
+) -> Path:
+    """An int8 ONNX file of an in-memory classifier, with the MatMul groups ``keep_fp32`` left in fp32 and
+    the activation scales of :data:`ACTIVATION_MODES` ``activations`` (``benchmarks/int8_fidelity.py`` and
+    ``benchmarks/int8_batch.py`` measure the variants)."""
     sample = tokenizer(["a rule", "another rule"], ["a comment", "a longer comment here"], padding=True)
-    _write_onnx(model.eval(), sample, target, "logits", int8=True, keep_fp32=keep_fp32)
+    _write_onnx(
+        model.eval(), sample, target, "logits", int8=True, keep_fp32=keep_fp32, activations=activations
+    )
     return target
 
 

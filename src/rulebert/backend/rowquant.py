@@ -43,7 +43,7 @@ def _quantize_nodes(x: str, p: str, symmetric: bool, width: int) -> tuple[list[A
     from onnx import TensorProto, numpy_helper
     from onnx.helper import make_node as node
 
-    consts = {f"{p}_zero": np.array(0.0, np.float32), f"{p}_eps": np.array(EPSILON, np.float32)}
+    consts = {f"{p}_eps": np.array(EPSILON, np.float32)}
     reduce = [
         node("ReduceMax", [x], [f"{p}_hi"], keepdims=1, axes=[-1]),
         node("ReduceMin", [x], [f"{p}_lo"], keepdims=1, axes=[-1]),
@@ -74,7 +74,7 @@ def _quantize_nodes(x: str, p: str, symmetric: bool, width: int) -> tuple[list[A
             node("Shape", [x], [f"{p}_shape"]),
             node("Reshape", [f"{p}_codes_2d", f"{p}_shape"], [f"{p}_codes"]),
         ], consts
-    consts[f"{p}_255"] = np.array(255.0, np.float32)
+    consts |= {f"{p}_zero": np.array(0.0, np.float32), f"{p}_255": np.array(255.0, np.float32)}
     return [
         *reduce,
         node("Max", [f"{p}_hi", f"{p}_zero"], [f"{p}_hi0"]),
