@@ -105,3 +105,22 @@ def test_export_check_refuses_a_file_whose_scores_depend_on_the_batch(model_dir,
         assert kept and check["alone_vs_batched"] <= BOUND, why
     else:
         assert not kept and "alone and in a batch" in why and check["alone_vs_batched"] > 1e-5
+
+
+def test_an_older_per_batch_file_is_quantised_per_token_as_it_loads(model_dir, capsys):
+    """A model dir exported before per-token scales: its file stays (its hash is the recorded one), the
+    scorer rewrites the graph in memory, and says so."""
+    from rulebert.backend.export import int8_variant_file
+    from rulebert.model.backbones import load_checkpoint
+    from rulebert.model.model_dir import read_onnx_record, record_onnx
+
+    path = export_onnx(model_dir, int8=True)
+    entry = read_onnx_record(model_dir)[path.name]
+    model, tokenizer = load_checkpoint(str(model_dir))
+    int8_variant_file(model, tokenizer, path, activations="per-batch")  # what the older export wrote
+    record_onnx(model_dir, path, entry | {"quantization": "dynamic, int8 weights per channel"})
+    features = Scorer(model_dir, backend="torch").encode(BODIES, [RULE] * len(BODIES))
+    older = OnnxBackend(path).predict(features)
+    assert "one activation scale per batch" in capsys.readouterr().err
+    alone = np.array([OnnxBackend(path).predict([f])[0] for f in features])
+    np.testing.assert_allclose(older, alone, rtol=0, atol=BOUND)

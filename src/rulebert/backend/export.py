@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from rulebert.backend.onnx_backend import INPUT_ORDER
+from rulebert.backend.rowquant import ACTIVATIONS
 from rulebert.model.model_dir import load_model_dir, onnx_path, record_onnx
 
 OPSET = 17
-ACTIVATIONS = "activations per token"
-"""What ``onnx.json`` says of an int8 file's activation scales (files without it have one scale per batch)."""
 ACTIVATION_MODES = ("per-token", "per-token-asymmetric", "per-batch")
 """Activation scales of an int8 file: per token, symmetric (what the export writes); per token with a zero
 point each (closer to fp32, ~20% slower: :mod:`rulebert.backend.rowquant`); one per batch (quantize_dynamic

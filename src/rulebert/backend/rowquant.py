@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+ACTIVATIONS = "activations per token"
+"""What ``onnx.json`` says of an int8 file written with per-token scales (older files had one per batch)."""
 EPSILON = 1e-12
 """Floor of a token's scale: a vector of zeros would otherwise divide by zero (its codes are then all zero
 point, which is exact)."""
