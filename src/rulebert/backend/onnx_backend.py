@@ -64,7 +64,7 @@ class OnnxBackend:
 def _per_token_source(path: Path) -> str | bytes:
     """What to open for ``path``: the file itself, or, for an int8 file that ``onnx.json`` records as
     exported before activations were quantised per token (its scores depended on the batch), the file's
-    graph rewritten to per-token scales in memory (:mod:`rulebert.backend.rowquant`; ~0.3 s for MiniLM).
+    graph rewritten to per-token scales in memory (:mod:`rulebert.backend.rowquant`; 0.12 s for MiniLM).
     The file is left as it is (its hash stays the recorded one); ``rulebert export --int8`` rewrites it."""
     import sys
 
