@@ -26,7 +26,7 @@ from rulebert.model.model_dir import load_model_dir, onnx_path, record_onnx
 OPSET = 17
 ACTIVATION_MODES = ("per-token", "per-token-asymmetric", "per-batch")
 """Activation scales of an int8 file: per token, symmetric (what the export writes); per token with a zero
-point each (closer to fp32, ~20% slower: :mod:`rulebert.backend.rowquant`); one per batch (quantize_dynamic
+point each (closer to fp32, ~30% slower: :mod:`rulebert.backend.rowquant`); one per batch (quantize_dynamic
 as it is, batch-dependent: for benchmarks only)."""
 
 
@@ -86,6 +86,8 @@ def _write_onnx(
     file."""
     import torch
 
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"activations: {activations!r} is not one of {ACTIVATION_MODES}")
     names = [n for n in INPUT_ORDER if n in sample]
     example = {n: torch.tensor(sample[n], dtype=torch.long) for n in names}
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".exporting-") as staging:
@@ -226,12 +228,12 @@ BATCH_TOLERANCE = 0.002
 """The largest |delta p| allowed between a row scored alone and the same row inside batches of other rows
 (per-token activation scales give 0 by construction; the per-batch ones gave up to 0.25)."""
 BATCH_CHECK_ROWS = 256
-"""How many of the check's rows are also scored one at a time (about 3 s for MiniLM on 2 cores)."""
+"""How many of the check's rows are also scored one at a time (3-4 s for MiniLM on 2 cores)."""
 
 
 def _batch_gap(backend: Any, features: list[dict[str, list[int]]], batched: Any) -> float:
     """The largest |delta p| between rows scored one per call and the same rows in ``batched`` (the default
-    length-sorted batches) or in one wide batch of mixed lengths (more padding, other neighbours)."""
+    length-sorted batches of 1,024 tokens) or in batches of 64 rows (more padding, other neighbours)."""
     import numpy as np
 
     rows = features[:BATCH_CHECK_ROWS]
