@@ -28,6 +28,7 @@ but no ONNX Runtime kernel takes a per-row zero point, so the matmul runs with z
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -96,14 +97,16 @@ def _quantize_nodes(x: str, p: str, symmetric: bool, width: int) -> tuple[list[A
     ], consts
 
 
-def per_token_activations(model: Any, *, symmetric: Any = True) -> int:
+def per_token_activations(model: Any, *, symmetric: bool | Callable[[str], bool] = True) -> int:
     """Rewrite ``model`` (a ``quantize_dynamic`` output, changed in place) so that every activation that
     feeds an integer matmul is quantised per token (see the module doc); return how many quantisations were
     rewritten.
 
     Each ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale x weight scale)`` chain is rewritten;
-    a ``DynamicQuantizeLinear`` whose outputs reach anything else raises ``ValueError``: a per-batch scale
-    left in the graph would bring the batch dependence back.
+    a ``DynamicQuantizeLinear`` whose outputs reach anything else raises ``ValueError`` (and ``model`` is
+    then left as it was: nodes are only swapped once every chain is understood), since a per-batch scale left
+    in the graph would bring the batch dependence back. ``symmetric`` may be a function of the activation's
+    name (to measure which layers need which scheme).
     """
     from onnx import TensorProto, numpy_helper
     from onnx.helper import make_node, make_opsetid
@@ -127,7 +130,7 @@ def per_token_activations(model: Any, *, symmetric: Any = True) -> int:
     removed: set[int] = set()
     consts: dict[str, np.ndarray] = {}
     count = 0
-    sym_arg = symmetric  # or a function of the activation's name (measuring which layers need which)
+    sym_arg = symmetric
     for dql in [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]:
         symmetric = sym_arg(dql.input[0]) if callable(sym_arg) else sym_arg
         codes, scale, zero = dql.output
@@ -169,6 +172,11 @@ def per_token_activations(model: Any, *, symmetric: Any = True) -> int:
                 make_node("Mul", [f"{p}_scale", w_scale], [f"{name}_scales"]),
                 make_node("Mul", [f"{name}_float", f"{name}_scales"], [out]),
             ]
+        rest = [
+            n.op_type for n in consumers[scale] + consumers[zero] if id(n) not in removed | replace.keys()
+        ]
+        if rest:
+            raise ValueError(f"per-token quantisation: the per-batch scale of {codes} also feeds {rest}")
         count += 1
 
     written = []
