@@ -263,8 +263,8 @@ def test_an_int8_file_that_fails_is_retried_with_the_feed_forward_in_fp32(traine
         model, features, scorer.score(texts, ["No advertising"] * 4), [1, 0, 1, 0], ["r"] * 4
     )
     assert calls == [
-        "dynamic, int8 weights per channel",
-        "dynamic, int8 weights per channel; fp32: ffn-in, ffn-out",
+        "dynamic, int8 weights per channel, activations per token",
+        "dynamic, int8 weights per channel, activations per token; fp32: ffn-in, ffn-out",
     ]
     assert check["written"] is True and check["fp32"] == ["ffn-in", "ffn-out"]
     assert [t["written"] for t in check["tried"]] == [False, True]

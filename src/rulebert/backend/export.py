@@ -1,10 +1,11 @@
 """ONNX export of a trained model dir: ``model.onnx`` (fp32) or ``model.int8.onnx`` (int8 weights).
 
 ``rulebert export --model-dir DIR [--int8]`` writes the file into the model dir and records it in
-``onnx.json`` (see :mod:`rulebert.model.model_dir`). int8 is ONNX Runtime's dynamic quantisation: the matmuls
-run as
-int8 x int8 -> int32, which AVX-512 VNNI does ~2-4x faster than fp32. On a CPU this is the fastest way to
-score; :class:`rulebert.backend.onnx_backend.OnnxBackend` runs it.
+``onnx.json`` (see :mod:`rulebert.model.model_dir`). int8 is ONNX Runtime's dynamic quantisation with its
+per-batch activation scales replaced by per-token ones (:mod:`rulebert.backend.rowquant`: a row scores the
+same alone or in any batch): the matmuls run as int8 x int8 -> int32, which AVX-512 VNNI does ~2-4x faster
+than fp32. On a CPU this is the fastest way to score; :class:`rulebert.backend.onnx_backend.OnnxBackend`
+runs it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from rulebert.backend.onnx_backend import INPUT_ORDER
+from rulebert.backend.rowquant import ACTIVATIONS
 from rulebert.model.model_dir import load_model_dir, onnx_path, record_onnx
 
 OPSET = 17
+ACTIVATION_MODES = ("per-token", "per-token-asymmetric", "per-batch")
+"""Activation scales of an int8 file: per token, symmetric (what the export writes); per token with a zero
+point each (closer to fp32, ~30% slower: :mod:`rulebert.backend.rowquant`); one per batch (quantize_dynamic
+as it is, batch-dependent: for benchmarks only)."""
 
 
 @contextmanager
@@ -72,12 +78,16 @@ def _write_onnx(
     *,
     int8: bool,
     keep_fp32: tuple[str, ...] = (),
+    activations: str = "per-token",
 ) -> list[str]:
     """Trace ``module`` on ``sample`` (tokenizer output) into ``target``, int8-quantised when asked (but the
-    MatMul groups named in ``keep_fp32``); return the input names. Written in a temp dir beside ``target``
-    and renamed into place: never half a file."""
+    MatMul groups named in ``keep_fp32``; activation scales as :data:`ACTIVATION_MODES` ``activations``);
+    return the input names. Written in a temp dir beside ``target`` and renamed into place: never half a
+    file."""
     import torch
 
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"activations: {activations!r} is not one of {ACTIVATION_MODES}")
     names = [n for n in INPUT_ORDER if n in sample]
     example = {n: torch.tensor(sample[n], dtype=torch.long) for n in names}
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".exporting-") as staging:
@@ -99,7 +109,10 @@ def _write_onnx(
             )
         produced = fp32
         if int8:
+            import onnx
             from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            from rulebert.backend.rowquant import per_token_activations
 
             produced = Path(staging) / "int8.onnx"
             with _root_logger_silenced():
@@ -112,15 +125,31 @@ def _write_onnx(
                     per_channel=True,
                     nodes_to_exclude=_fp32_nodes(fp32, keep_fp32),
                 )
+            # quantize_dynamic's activation scale is one per batch: a row's score would depend on the rows
+            # beside it. Per-token scales make it a function of the row alone (and were more faithful).
+            if activations != "per-batch":
+                graph = onnx.load(str(produced))
+                per_token_activations(graph, symmetric=activations == "per-token")
+                onnx.save(graph, str(produced))
         os.replace(produced, target)
     return names
 
 
-def int8_variant_file(model: Any, tokenizer: Any, target: Path, *, keep_fp32: tuple[str, ...] = ()) -> Path:
-    """An int8 ONNX file of an in-memory classifier, with the MatMul groups ``keep_fp32`` left in fp32
-    (``benchmarks/int8_fidelity.py`` measures the variants)."""
+def int8_variant_file(
+    model: Any,
+    tokenizer: Any,
+    target: Path,
+    *,
+    keep_fp32: tuple[str, ...] = (),
+    activations: str = "per-token",
+) -> Path:
+    """An int8 ONNX file of an in-memory classifier, with the MatMul groups ``keep_fp32`` left in fp32 and
+    the activation scales of :data:`ACTIVATION_MODES` ``activations`` (``benchmarks/int8_fidelity.py`` and
+    ``benchmarks/int8_batch.py`` measure the variants)."""
     sample = tokenizer(["a rule", "another rule"], ["a comment", "a longer comment here"], padding=True)
-    _write_onnx(model.eval(), sample, target, "logits", int8=True, keep_fp32=keep_fp32)
+    _write_onnx(
+        model.eval(), sample, target, "logits", int8=True, keep_fp32=keep_fp32, activations=activations
+    )
     return target
 
 
@@ -136,7 +165,7 @@ def export_onnx(model_dir: str | os.PathLike, *, int8: bool = False, keep_fp32: 
     sample = tokenizer(["a rule", "another rule"], ["a comment", "a longer comment here"], padding=True)
     target = onnx_path(model_dir, int8)
     names = _write_onnx(model, sample, target, "logits", int8=int8, keep_fp32=keep_fp32)
-    quantization = "dynamic, int8 weights per channel" if int8 else None
+    quantization = f"dynamic, int8 weights per channel, {ACTIVATIONS}" if int8 else None
     if int8 and keep_fp32:
         quantization += f"; fp32: {', '.join(keep_fp32)}"
     record_onnx(
@@ -186,11 +215,8 @@ def export_embedder(model_dir: str | os.PathLike, checkpoint: str) -> Path:
     sample = tokenizer(["a comment", "a longer comment here"], padding=True)
     target = model_dir / EMBEDDER_FILE
     names = _write_onnx(MeanPooled(), sample, target, "embedding", int8=True)
-    record_onnx(
-        model_dir,
-        target,
-        {"role": "embedder", "source": checkpoint, "int8": True, "opset": OPSET, "inputs": names},
-    )
+    entry = {"role": "embedder", "source": checkpoint, "int8": True, "quantization": ACTIVATIONS}
+    record_onnx(model_dir, target, entry | {"opset": OPSET, "inputs": names})
     return target
 
 
@@ -198,6 +224,24 @@ INT8_AUC_TOLERANCE = 0.005
 """How far the int8 file's column-averaged AUC may fall from the torch model's on the same rows."""
 MIN_SPEARMAN = 0.99
 """The int8 file's scores must rank the rows as torch's do (MiniLM fine-tuned on 600 rows: 0.9976)."""
+BATCH_TOLERANCE = 0.002
+"""The largest |delta p| allowed between a row scored alone and the same row inside batches of other rows
+(per-token activation scales give 0 by construction; the per-batch ones gave up to 0.25)."""
+BATCH_CHECK_ROWS = 256
+"""How many of the check's rows are also scored one at a time (3-4 s for MiniLM on 2 cores)."""
+
+
+def _batch_gap(backend: Any, features: list[dict[str, list[int]]], batched: Any) -> float:
+    """The largest |delta p| between rows scored one per call and the same rows in ``batched`` (the default
+    length-sorted batches of 1,024 tokens) or in batches of 64 rows (more padding, other neighbours)."""
+    import numpy as np
+
+    rows = features[:BATCH_CHECK_ROWS]
+    if not rows:
+        return 0.0
+    alone = np.array([backend.predict([f])[0] for f in rows])
+    wide = backend.predict(rows, max_tokens=1 << 20, max_rows=64)
+    return float(max(np.abs(alone - batched[: len(rows)]).max(), np.abs(alone - wide).max()))
 
 
 def _drop_lower_bound(
@@ -242,8 +286,13 @@ def _int8_check(
     from rulebert.backend.onnx_backend import OnnxBackend
     from rulebert.domain.metrics import column_averaged_auc
 
-    int8_scores = OnnxBackend(path, threads=None).predict(features) if features else np.zeros(0)
+    backend = OnnxBackend(path, threads=None)
+    int8_scores = backend.predict(features) if features else np.zeros(0)
     check: dict[str, Any] = {"file": path.name, "rows": len(features), "tolerance": INT8_AUC_TOLERANCE}
+    gap = _batch_gap(backend, features, int8_scores)
+    check["alone_vs_batched"] = round(gap, 6)
+    if not gap <= BATCH_TOLERANCE:  # a score must not depend on the rows that share its batch
+        return False, f"a row alone and in a batch differ by {gap:.4f} (allowed {BATCH_TOLERANCE})", check
     auc_torch = column_averaged_auc(labels, torch_scores, rules)[0] if len(labels) else math.nan
     auc_int8 = column_averaged_auc(labels, int8_scores, rules)[0] if len(labels) else math.nan
     rho = float(spearmanr(torch_scores, int8_scores).statistic) if len(features) >= 3 else math.nan
@@ -279,7 +328,8 @@ def export_int8_checked(
     rules: Any,
 ) -> dict[str, Any]:
     """Export ``model.int8.onnx`` and keep it only if it ranks ``features`` as the torch model did
-    (``torch_scores``): a rank correlation of at least :data:`MIN_SPEARMAN` with torch's scores, and a
+    (``torch_scores``): the same score for a row alone and inside batches (within :data:`BATCH_TOLERANCE`),
+    a rank correlation of at least :data:`MIN_SPEARMAN` with torch's scores, and a
     column-averaged AUC within :data:`INT8_AUC_TOLERANCE` of torch's (or a drop whose paired bootstrap 95%
     interval still reaches it). The variants of :data:`INT8_LADDER` are tried in order; when none passes the
     file is removed (scoring falls back to torch). Returns what was measured, for ``metrics.json``."""
