@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -31,7 +32,7 @@ sys.modules[_spec.name] = bench
 _spec.loader.exec_module(bench)
 
 
-def embed_all(communities: list, work: Path, cache: Path | None) -> list[np.ndarray]:
+def embed_all(communities: list, work: Path, cache: Path | None, cached_only: bool) -> list[np.ndarray]:
     """Every comment's embedding: from ``cache`` (``benchmarks/communities.py`` saves the embeddings it met
     in WORK/embeddings.npz), the rest embedded here and saved in ``work``."""
     from example_members import embedder_for
@@ -42,7 +43,7 @@ def embed_all(communities: list, work: Path, cache: Path | None) -> list[np.ndar
             saved = np.load(path, allow_pickle=True)
             known.update(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
     missing = list(dict.fromkeys(t for c in communities for t in c.bodies if t not in known))
-    if missing:
+    if missing and not cached_only:
         embedder = embedder_for("default", work)
         started = time.perf_counter()
         for start in range(0, len(missing), 2048):
@@ -55,7 +56,8 @@ def embed_all(communities: list, work: Path, cache: Path | None) -> list[np.ndar
             texts=np.array(texts, dtype=object),
             vectors=np.stack([known[t] for t in texts]),
         )
-    return [np.stack([known[t] for t in c.bodies]) for c in communities]
+    blank = np.full(384, np.nan, dtype=np.float32)  # not embedded (--cached-only): never used as a row
+    return [np.stack([known.get(t, blank) for t in c.bodies]) for c in communities]
 
 
 def _lr(c: float) -> Callable:
@@ -119,11 +121,20 @@ def main() -> None:
     parser.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
     parser.add_argument("--communities", type=int, default=None)
     parser.add_argument("--cache", type=Path, default=Path("runs/communities/embeddings.npz"))
+    parser.add_argument("--cached-only", action="store_true", help="only communities fully in --cache")
     parser.add_argument("--variants", default="product,tfidf,emb-c1,emb-c10,emb-c100,centroid,tfidf+emb-c10")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     communities = bench.load_communities(args.data, args.communities)
-    vectors_of = embed_all(communities, args.work, args.cache)
+    if args.cached_only:  # the communities whose examples and scored rows the benchmark has embedded already
+        saved = set(np.load(args.cache, allow_pickle=True)["texts"].tolist())
+
+        def covered(community: Any) -> bool:
+            examples_of, scored = bench.split(community, args.seeds[0], args.ks)
+            return all(community.bodies[i] in saved for i in np.r_[examples_of[max(args.ks)], scored])
+
+        communities = [c for c in communities if covered(c)]
+    vectors_of = embed_all(communities, args.work, args.cache, args.cached_only)
     variants = args.variants.split(",")
     aucs = {(v, k): [] for v in variants for k in args.ks}
     seconds = dict.fromkeys(variants, 0.0)
@@ -136,6 +147,7 @@ def main() -> None:
             for k in args.ks:
                 chosen = examples_of[k]
                 unlabelled = np.setdiff1d(np.arange(len(community.bodies)), np.r_[chosen, scored])
+                unlabelled = unlabelled[np.isfinite(vectors[unlabelled]).all(axis=1)]
                 texts = [community.bodies[i] for i in chosen]
                 for v in variants:
                     started = time.perf_counter()
