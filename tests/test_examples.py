@@ -187,6 +187,7 @@ def test_http_answers_carry_mode_flagged_and_evidence(trained):
     model_threshold = client.get("/v1/model").json()["threshold"]
     assert scores[0]["flagged"] == (scores[0]["probability"] >= 0.5)  # examples: the rule's own scale
     assert scores[1]["flagged"] == (scores[1]["probability"] >= model_threshold)
+    assert [s["threshold"] for s in scores] == [0.5, model_threshold]  # each answer says where it flags
     lenient = client.post("/v1/score", json={**body, "threshold": 1.0}).json()["scores"]
     assert not any(s["flagged"] for s in lenient)
     batch = {"items": [{"id": "item-7", "comment": "hello", "rule": {"text": next(iter(RULES))}}]}

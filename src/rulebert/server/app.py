@@ -143,13 +143,15 @@ def create_app(
             zip(rules, details["probability"], details["mode"], details["evidence"], strict=True)
         ):
             p = min(1.0, max(0.0, float(p)))
+            cut = float(flag_at(mode) if threshold is None else threshold)
             rule_id = rule.id if rule.id is not None else str(i)
             scores.append(
                 RuleScore(
                     id=rule_id,
                     rule=rule.text,
                     probability=p,
-                    flagged=p >= (flag_at(mode) if threshold is None else threshold),
+                    flagged=p >= cut,
+                    threshold=cut,
                     mode=mode,
                     evidence=evidence,
                 )

@@ -160,6 +160,7 @@ class RuleScore(BaseModel):
         description="probability >= the threshold: the request's, else 0.5 in mode examples (calibrated on "
         "the rule's own examples), else the model's",
     )
+    threshold: float = Field(description="where flagged starts for this score")
     mode: str = Field(
         description="trained: the model was trained on this rule; examples: the rule's examples were used "
         "at scoring time; zero-shot: neither (a rule the model never saw: treat the score with caution)"
