@@ -163,12 +163,12 @@ def export_embedder(model_dir: str | os.PathLike, checkpoint: str) -> Path:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from rulebert.model.backbones import _from_pretrained
+    from rulebert.model.backbones import from_pretrained_safely
     from rulebert.model.model_dir import EMBEDDER_FILE
 
     model_dir = Path(model_dir)
-    encoder = _from_pretrained(AutoModel, checkpoint, dtype=torch.float32).eval()
-    tokenizer = _from_pretrained(AutoTokenizer, str(model_dir))
+    encoder = from_pretrained_safely(AutoModel, checkpoint, dtype=torch.float32).eval()
+    tokenizer = from_pretrained_safely(AutoTokenizer, str(model_dir))
 
     class MeanPooled(torch.nn.Module):
         def __init__(self) -> None:

@@ -76,7 +76,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
+def from_pretrained_safely(loader: Any, name: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` for a folder or hub id: the HF cache first, the hub only when online."""
     kwargs["trust_remote_code"] = False  # never run a checkpoint's own Python (config.json's auto_map)
     if Path(name).exists():
@@ -119,8 +119,8 @@ def load_checkpoint(name: str, *, fresh_head: bool = True) -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_checkpoint(name)
-    tokenizer = _from_pretrained(AutoTokenizer, source)
-    model = _from_pretrained(
+    tokenizer = from_pretrained_safely(AutoTokenizer, source)
+    model = from_pretrained_safely(
         AutoModelForSequenceClassification,
         source,
         num_labels=2,
