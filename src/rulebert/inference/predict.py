@@ -24,7 +24,13 @@ from rulebert.core.config import TrainConfig
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import write_csv_atomic
 from rulebert.domain.data import BODY, EXAMPLE_COLUMNS, ROW_ID, RULE, SUBREDDIT, read_csv
-from rulebert.domain.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule, rule_mode
+from rulebert.domain.examples import (
+    ExampleModelCache,
+    RuleExamples,
+    blend_with_examples,
+    normalize_rule,
+    rule_mode,
+)
 from rulebert.domain.text import encode_rows
 from rulebert.model.model_dir import (
     find_embedder,
@@ -215,13 +221,22 @@ class Scorer:
             probability = probability.astype(np.float64)
         for key, rows in groups.items():
             rule, examples = examples_of[key]
-            model = self._example_model(key, rule, examples)
             texts = [bodies[i] for i in rows]
-            vectors = self._embed(texts)
-            probability[rows] = model.score(texts, np.asarray(raw)[rows], vectors)
-            if vectors is not None:
-                for i, nearest in zip(rows, model.nearest(vectors), strict=True):
-                    evidence[i] = nearest
+            probability[rows], nearest, model = blend_with_examples(
+                examples,
+                texts,
+                np.asarray(raw)[rows],
+                score_examples=lambda values, rule=rule: self.runtime.predict(
+                    self.encode(values, [rule] * len(values))
+                ),
+                embed=self._embed,
+                trained=normalize_rule(rule) in self.trained_rules,
+                fitted=self._example_models.get(key),
+            )
+            self._example_models.put(key, model)
+            if nearest is not None:
+                for i, near in zip(rows, nearest, strict=True):
+                    evidence[i] = near
         return {"probability": probability, "mode": modes, "evidence": evidence}
 
     def _blends(self, examples: RuleExamples) -> bool:
@@ -268,16 +283,6 @@ class Scorer:
         if self._embedder is None:
             self._embedder = OnnxEmbedder(self._embedder_path, threads=self._threads)
         return self._embedder.embed_texts(texts, self.config.max_length)
-
-    def _example_model(self, key: str, rule: str, examples: RuleExamples) -> ExampleModel:
-        model = self._example_models.get(key)
-        if model is None:
-            texts = examples.texts
-            cross_encoder = self.runtime.predict(self.encode(texts, [rule] * len(texts)))
-            trained = normalize_rule(rule) in self.trained_rules
-            model = ExampleModel.fit(examples, cross_encoder, self._embed(texts), trained=trained)
-            self._example_models.put(key, model)
-        return model
 
 
 def _examples_for(examples: RuleExamples | dict[str, Any] | None, rule: str) -> RuleExamples:
