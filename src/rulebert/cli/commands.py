@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from rulebert.inference.predict import predict_file
+    from rulebert.pipeline import predict_file
 
     submission = predict_file(
         args.model_dir,
