@@ -8,8 +8,8 @@ training).
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from rulebert.inference.predict import Scorer
 from rulebert.model.model_dir import REPORT_FILE as MODEL_REPORT_FILE
 from rulebert.model.report import write_markdown_report
 from rulebert.training.train import train_model
+
+logger = logging.getLogger(__name__)
 
 MODEL_SUBDIR = "model"
 SUBMISSION_FILE = "submission.csv"
@@ -142,7 +144,7 @@ def predict_file(
 
     test = read_csv(test_path, labelled=False, need_row_id=True)
     scorer = Scorer(model_dir, backend=backend)
-    print(f"rulebert: predict backend: {scorer.backend}", file=sys.stderr)
+    logger.info("predict backend: %s", scorer.backend)
     columns = [test[c].tolist() for c in (BODY, RULE, SUBREDDIT)]
     pooled = pooled_examples(test)
     positives = [pooled[rule].positive for rule in columns[1]] if pooled else None

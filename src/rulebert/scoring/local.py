@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import sys
 import warnings
@@ -39,6 +40,8 @@ from rulebert.scoring.readers import Examples as Examples
 from rulebert.scoring.readers import Row as Row
 from rulebert.scoring.readers import comment_rows, open_input
 from rulebert.scoring.readers import read_examples as read_examples
+
+logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 2048
 PROBABILITY = "probability"
@@ -122,6 +125,8 @@ def _mode(scorer: Any, target: ScoredRule) -> str:
 
 
 def _warn(message: str) -> None:
+    # A Python warning, not a log line: ZeroShotWarning is a documented category a caller filters or turns
+    # into an error (``warnings.simplefilter("error", ZeroShotWarning)``); the CLI passes its own ``warn``.
     warnings.warn(message, ZeroShotWarning, stacklevel=3)
 
 
@@ -236,7 +241,7 @@ def score_stream(
                 count += n
                 bar.update(n)
     if count == 0:
-        print(f"rulebert: warning: {name}: no data rows", file=sys.stderr)
+        logger.warning("%s: no data rows", name)
     return count
 
 
