@@ -2,9 +2,8 @@
 
 ``rulebert export --model-dir DIR [--int8]`` writes the file into the model dir and records it in
 ``onnx.json`` (see :mod:`rulebert.model.model_dir`). int8 is ONNX Runtime's dynamic quantisation: the matmuls
-run as
-int8 x int8 -> int32, which AVX-512 VNNI does ~2-4x faster than fp32. On a CPU this is the fastest way to
-score; :class:`rulebert.backend.onnx_backend.OnnxBackend` runs it.
+run as int8 x int8 -> int32, which AVX-512 VNNI does ~2-4x faster than fp32. On a CPU this is the fastest
+way to score; :class:`rulebert.backend.onnx_backend.OnnxBackend` runs it.
 """
 
 from __future__ import annotations
@@ -200,28 +199,6 @@ MIN_SPEARMAN = 0.99
 """The int8 file's scores must rank the rows as torch's do (MiniLM fine-tuned on 600 rows: 0.9976)."""
 
 
-def _drop_lower_bound(
-    labels: Any, torch_scores: Any, int8_scores: Any, rules: Any, rounds: int = 400
-) -> float:
-    """The 2.5th percentile of the paired bootstrap distribution of (torch AUC - int8 AUC): rows resampled
-    with replacement, both scorers on the same resample (seeded: the same rows give the same answer)."""
-    import math
-
-    import numpy as np
-
-    from rulebert.domain.metrics import column_averaged_auc
-
-    rng = np.random.default_rng(0)
-    drops = []
-    for _ in range(rounds):
-        pick = rng.integers(0, len(labels), len(labels))
-        a = column_averaged_auc(labels[pick], torch_scores[pick], rules[pick])[0]
-        b = column_averaged_auc(labels[pick], int8_scores[pick], rules[pick])[0]
-        if not (math.isnan(a) or math.isnan(b)):
-            drops.append(a - b)
-    return float(np.percentile(drops, 2.5)) if drops else math.inf
-
-
 INT8_LADDER: tuple[tuple[str, ...], ...] = ((), ("ffn-in", "ffn-out"))
 """What :func:`export_int8_checked` tries, in order, until a file passes: every MatMul int8 (MiniLM passes:
 Spearman 0.998), then the feed-forward projections left in fp32 (fine-tuned mpnet, 300 comments: Spearman
@@ -240,7 +217,7 @@ def _int8_check(
     from scipy.stats import spearmanr
 
     from rulebert.backend.onnx_backend import OnnxBackend
-    from rulebert.domain.metrics import column_averaged_auc
+    from rulebert.domain.metrics import column_averaged_auc, paired_bootstrap_drop
 
     int8_scores = OnnxBackend(path, threads=None).predict(features) if features else np.zeros(0)
     check: dict[str, Any] = {"file": path.name, "rows": len(features), "tolerance": INT8_AUC_TOLERANCE}
@@ -257,7 +234,7 @@ def _int8_check(
     if math.isnan(auc_torch) or math.isnan(auc_int8):
         return True, "", check  # one label only: the rank correlation above is the check
     drop = auc_torch - auc_int8
-    low = _drop_lower_bound(labels, torch_scores, int8_scores, rules)
+    low = paired_bootstrap_drop(labels, torch_scores, int8_scores, rules)
     check |= {"col_auc_torch": round(auc_torch, 5), "col_auc_int8": round(auc_int8, 5)}
     check["drop_95_lower"] = round(low, 5)
     # Within the tolerance, or not shown to be beyond it: on ~100 validation rows the same int8 file's AUC

@@ -63,6 +63,3 @@ def predict_features(
     """P(violation) for each tokenised row of an in-memory torch model (training, evaluation)."""
     backend = TorchBackend(model, tokenizer, device)
     return backend.predict(features, max_tokens=max_tokens, max_rows=max_rows, progress=progress)
-
-
-# --- ONNX Runtime -----------------------------------------------------------------------------------------

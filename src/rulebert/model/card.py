@@ -4,10 +4,10 @@
 card: the base checkpoint, a fingerprint of the data, validation metrics and what they cover, the threshold
 and calibration, library versions, and how to load the model with rulebert or with plain transformers.
 It is a pure function of dicts (nothing read, no torch imported); :mod:`rulebert.model.model_dir` names the
-files and
-has :func:`write_card` put the card into the model dir it saves. The card is not hashed: editing it changes
-no score, and the next save replaces it. It starts with :data:`CARD_MARKER`, which tells rulebert's own card
-from a README of the user's own (kept: a model may be saved into a project folder with ``--overwrite``).
+files and has :func:`write_card` put the card into the model dir it saves. The card is not hashed: editing it
+changes no score, and the next save replaces it. It starts with :data:`CARD_MARKER`, which tells rulebert's
+own card from a README of the user's own (kept: a model may be saved into a project folder with
+``--overwrite``).
 """
 
 from __future__ import annotations

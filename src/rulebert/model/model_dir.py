@@ -208,6 +208,21 @@ def verify_model_dir(model_dir: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
+def lineage_root(record: dict[str, Any]) -> str:
+    """The weights a chain of adaptations started from (a digest of their hashes): the record's
+    ``data.adapted_from.root`` (written by :mod:`rulebert.training.adapt`), else this model's own weights.
+    A server restarted with a ``--state-dir`` serves an adapted model only if it descends from the
+    ``--model-dir`` it was given."""
+    import hashlib
+
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    adapted = data.get("adapted_from") if isinstance(data.get("adapted_from"), dict) else {}
+    if isinstance(adapted.get("root"), str):
+        return adapted["root"]
+    weights = json.dumps(record.get("weights_sha256") or {}, sort_keys=True)
+    return hashlib.sha256(weights.encode()).hexdigest()[:32]
+
+
 def _threshold_value(metrics: dict[str, Any]) -> float | None:
     value = metrics.get("threshold")
     return None if value is None else float(value)

@@ -27,8 +27,7 @@ from typing import Any
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain.rules import StoredRule, is_rule_id
-from rulebert.model.integrity import lineage_root
-from rulebert.model.model_dir import verify_model_dir
+from rulebert.model.model_dir import lineage_root, verify_model_dir
 from rulebert.server.job_store import JobStore
 from rulebert.server.rule_store import RuleStore
 from rulebert.server.schema import Rule
