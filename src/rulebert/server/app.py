@@ -34,7 +34,7 @@ from pydantic import BaseModel
 from rulebert._version import __version__
 from rulebert.core.errors import RulebertError
 from rulebert.core.logs import attach_stderr_handler
-from rulebert.domain.rules import RULE_ID_RULE, StoredRule, check_adaptable, is_rule_id
+from rulebert.domain.rules import RULE_ID_RULE, StoredRule, check_adaptable, is_rule_id, rule_from_json
 from rulebert.model.model_dir import VALIDATION_SCOPE
 from rulebert.server.guard import (
     API_KEY_ENV,
@@ -296,9 +296,10 @@ def create_app(
         """Create (201) or replace (200) a stored rule and its examples."""
         store = need_state().rules
         body = await parse_body(http_request, RuleBody)
-        rule = StoredRule(
-            stored_rule_id(rule_id), body.text, tuple(body.positive_examples), tuple(body.negative_examples)
-        )
+        try:  # the one RULES.jsonl validation; the schema above added the HTTP size limits
+            rule = rule_from_json({"id": stored_rule_id(rule_id), **body.model_dump()}, f"rule {rule_id!r}")
+        except RulebertError as err:
+            raise HTTPException(422, str(err)) from None
         stored, created = await run_in_threadpool(store.put, rule)
         return JSONResponse(rule_out(stored).model_dump(), status_code=201 if created else 200)
 
