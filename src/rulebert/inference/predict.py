@@ -217,14 +217,14 @@ class Scorer:
         """:meth:`predict` with (comments, rules) columns, each row's own examples and subreddit:
         P(the comment breaks the rule) per row, in input order. A bare string is one comment (a rule given
         as a string applies to every comment)."""
-        return self._score(
+        return self.score_details(
             bodies,
             rules,
             subreddits,
-            positive_examples,
-            negative_examples,
-            batch_size=batch_size,
+            positive_examples=positive_examples,
+            negative_examples=negative_examples,
             progress=progress,
+            batch_size=batch_size,
         )["probability"]
 
     def score_details(
