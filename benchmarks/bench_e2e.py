@@ -156,8 +156,10 @@ if backend != "torch" and any(p.is_file() for p in onnx_files):
     import onnxruntime, tokenizers, tqdm.auto
     mark("import onnxruntime, tokenizers, tqdm (lazy, in the scorer)", t)
 t = time.perf_counter()
-test = P.read_csv(test_path, labelled=False, need_row_id=True)
-columns = [test[c].tolist() for c in (P.BODY, P.RULE, P.SUBREDDIT)]
+from rulebert.domain import data as D  # what predict_file (rulebert.pipeline) reads with
+
+test = D.read_csv(test_path, labelled=False, need_row_id=True)
+columns = [test[c].tolist() for c in (D.BODY, D.RULE, D.SUBREDDIT)]
 mark("read CSV", t)
 t = time.perf_counter()
 scorer = P.Scorer(model_dir, backend=backend)
@@ -175,8 +177,12 @@ t = time.perf_counter()
 probability = raw if scorer.calibrator is None else scorer.calibrator.transform(raw)
 mark("calibrate", t)
 t = time.perf_counter()
-submission = P.pd.DataFrame({"row_id": test[P.ROW_ID].to_numpy(), "rule_violation": probability})
-P.write_csv_atomic(submission, out_path)
+from rulebert.core.files import write_csv_atomic
+
+import pandas as pd
+
+submission = pd.DataFrame({"row_id": test[D.ROW_ID].to_numpy(), "rule_violation": probability})
+write_csv_atomic(submission, out_path)
 mark("write CSV", t)
 T_WRITTEN = time.time()
 t = time.perf_counter()

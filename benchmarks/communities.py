@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> None:
                     before, started = memo.seconds, time.perf_counter()
                     details = scorer.predict(
                         [(community.rulebook, t) for t in scored_texts],
-                        {"positive": positive, "negative": negative},
+                        examples={"positive": positive, "negative": negative},
                         details=True,
                     )
                     probability = np.array([d["probability"] for d in details])
@@ -379,7 +379,7 @@ def run_adapt(args: argparse.Namespace, communities: list[Community], done: set,
     ) -> tuple[np.ndarray, str]:
         details = scorer.predict(
             [(rule.text, community.bodies[i]) for i in scored],
-            {"positive": list(rule.positive_examples), "negative": list(rule.negative_examples)},
+            examples={"positive": list(rule.positive_examples), "negative": list(rule.negative_examples)},
             details=True,
         )
         return np.array([d["probability"] for d in details]), details[0]["mode"]

@@ -24,8 +24,8 @@ from rulebert.backend.export import export_embedder
 from rulebert.backend.onnx_backend import OnnxEmbedder
 from rulebert.domain import data as D
 from rulebert.domain.examples import ExampleModel
-from rulebert.inference.predict import pooled_examples
 from rulebert.model.backbones import resolve_checkpoint
+from rulebert.pipeline import pooled_examples
 
 
 def embedder_for(backbone: str, work: Path) -> OnnxEmbedder:

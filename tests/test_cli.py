@@ -190,3 +190,71 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, model_dir, data_dir,
     assert last == f"rulebert: error: {out}: No space left on device"
     # no file, no temp file, and not the folder the run made for it (issue 27)
     assert "Traceback" not in err and not out.exists() and not out.parent.exists()
+
+
+def _train_flags(parser):
+    train = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    return {option: action for action in train._actions for option in action.option_strings}
+
+
+def test_every_config_field_is_a_train_flag_with_its_default():
+    import dataclasses
+
+    from rulebert.cli.entry_point import build_parser
+    from rulebert.core.config import TrainConfig
+
+    flags = _train_flags(build_parser())
+    for field in dataclasses.fields(TrainConfig):
+        if field.metadata.get("flag", True) is False:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in flags, flag
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        assert flags[flag].default == default and flags[flag].dest == field.name
+    # the flags of before the fields drove them, with their choices and --x / --no-x forms
+    assert flags["--keep"].choices == ["last", "best"] and flags["--bf16"].choices == ["auto", "on", "off"]
+    assert flags["--train-rules"].choices == ["target", "all"]
+    assert flags["--input-format"].choices == ["pair", "template"]
+    for name in ("include-subreddit", "dedupe", "blend-examples", "use-test-examples"):
+        assert flags[f"--no-{name}"] is flags[f"--{name}"]
+    assert {"--warmup-ratio", "--weight-decay", "--overwrite", "--resume", "--no-progress"} <= set(flags)
+
+
+def test_a_newly_declared_field_gets_its_flag(monkeypatch):
+    import dataclasses
+    from typing import Literal
+
+    from rulebert.cli import commands, entry_point
+    from rulebert.core.config import TrainConfig
+
+    @dataclasses.dataclass
+    class Extended(TrainConfig):
+        label_smoothing: float = 0.0
+        """Share of the target moved to the other class."""
+        pooling: Literal["cls", "mean"] = "cls"
+        """How a row becomes one vector."""
+        notes: dict = dataclasses.field(default_factory=dict, metadata={"flag": False})
+
+    monkeypatch.setattr(entry_point, "TrainConfig", Extended)
+    monkeypatch.setattr(commands, "TrainConfig", Extended)
+    parser = entry_point.build_parser()
+    flags = _train_flags(parser)
+    assert flags["--label-smoothing"].type is float and flags["--label-smoothing"].default == 0.0
+    assert flags["--label-smoothing"].help.startswith("share of the target moved to the other class")
+    assert flags["--pooling"].choices == ["cls", "mean"] and "--notes" not in flags
+    args = parser.parse_args(["train", "--train", "t.csv", "--output-dir", "o", "--label-smoothing", "0.1"])
+    config = commands._config_from_args(args)
+    assert isinstance(config, Extended) and config.label_smoothing == 0.1 and config.pooling == "cls"
+
+
+def test_a_field_no_flag_can_hold_must_say_so():
+    import dataclasses
+
+    from rulebert.core.config import TrainConfig, settings
+
+    @dataclasses.dataclass
+    class Odd(TrainConfig):
+        layers: list = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError, match="layers"):
+        settings(Odd)

@@ -179,3 +179,67 @@ def test_server_starts_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _private_uses(path: Path, known: set[str]) -> list[str]:
+    """``from rulebert.x import _name`` and ``module._name`` (``module`` a rulebert module imported here):
+    uses of another module's private names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases: set[str] = set()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rulebert"):
+            for alias in node.names:
+                dotted = f"{node.module}.{alias.name}".removeprefix("rulebert.")
+                if dotted in known:
+                    aliases.add(alias.asname or alias.name)
+                elif alias.name.startswith("_") and alias.name != "__version__":
+                    found.append(f"{path.name}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("rulebert.") and alias.asname:
+                    aliases.add(alias.asname)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(f"{path.name}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    """A ``_name`` is its module's own: a helper two modules need gets a public name where it lives."""
+    known = set(modules())
+    assert [use for path in modules().values() for use in _private_uses(path, known)] == []
+
+
+def test_library_code_does_not_print():
+    """Messages go through ``logging.getLogger(__name__)`` (``core/logs.py``); the command line alone prints
+    (its JSON summaries and its one-line errors)."""
+    printing = []
+    for name, path in modules().items():
+        if unit_of(name) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                printing.append(f"{name}:{node.lineno}")
+    assert printing == []
+
+
+def test_the_cli_and_the_server_log_lines_as_they_printed_them(capsys):
+    import logging
+
+    from rulebert.core.logs import attach_stderr_handler
+
+    attach_stderr_handler()
+    attach_stderr_handler()  # idempotent: one line per message
+    logging.getLogger("rulebert.pipeline").info("predict backend: %s", "onnx-int8")
+    logging.getLogger("rulebert.training.train").warning("%s: report.html not written (%s)", "m", "boom")
+    assert capsys.readouterr().err.splitlines() == [
+        "rulebert: predict backend: onnx-int8",
+        "rulebert: warning: m: report.html not written (boom)",
+    ]

@@ -54,3 +54,65 @@ def test_check_submission_columns(tmp_path):
     pd.DataFrame({"row_id": [1], "score": [0.5]}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(RulebertError, match="columns"):
         check_submission(pd.DataFrame({"row_id": [1], "rule_violation": [0.5]}), tmp_path / "s.csv")
+
+
+PAIRS = [("No advertising", " ".join(["word"] * n)) for n in (1, 40, 3, 25, 7)]
+
+
+def test_predict_batch_size_reaches_the_backend(model_dir, monkeypatch):
+    from rulebert.backend import batching
+
+    sizes: list[list[int]] = []
+    real = batching.token_budget_batches
+
+    def spy(lengths, max_tokens, max_rows):
+        batches = real(lengths, max_tokens, max_rows)
+        sizes.append([len(b) for b in batches])
+        return batches
+
+    monkeypatch.setattr(batching, "token_budget_batches", spy)
+    for backend in ("torch", "onnx"):
+        if backend == "onnx":
+            from rulebert.backend.export import export_onnx
+
+            export_onnx(model_dir)
+        scorer = Scorer(model_dir, backend=backend)
+        sizes.clear()
+        default = scorer.predict(PAIRS)
+        small = scorer.predict(PAIRS, batch_size=2)
+        assert sizes == [[5], [2, 2, 1]], backend  # the token budget would take all five short rows at once
+        np.testing.assert_allclose(small, default, atol=1e-5)
+    with pytest.raises(RulebertError, match="batch_size"):
+        scorer.predict(PAIRS, batch_size=0)
+
+
+def test_predict_is_typed_by_details_and_the_old_methods_are_aliases(model_dir):
+    import typing
+
+    returns = [o.__annotations__["return"] for o in typing.get_overloads(Scorer.predict)]
+    assert returns == ["np.ndarray", "list[dict[str, Any]]"]
+    scorer = Scorer(model_dir)
+    rules, bodies = [r for r, _ in PAIRS], [b for _, b in PAIRS]
+    plain = scorer.predict(PAIRS)
+    detailed = scorer.predict(PAIRS, details=True)
+    assert isinstance(plain, np.ndarray) and plain.shape == (5,)
+    assert isinstance(detailed, list) and {"probability", "flagged", "mode", "evidence"} <= set(detailed[0])
+    np.testing.assert_array_equal(scorer.score(bodies, rules), plain)
+    np.testing.assert_array_equal(
+        scorer.score(bodies, rules, batch_size=1), scorer.predict(PAIRS, batch_size=1)
+    )
+    details = scorer.score_details(bodies, rules)
+    np.testing.assert_array_equal(details["probability"], [d["probability"] for d in detailed])
+    assert details["mode"] == [d["mode"] for d in detailed] == ["zero-shot"] * 5
+
+
+def test_the_submission_writer_lives_in_the_pipeline_and_keeps_its_old_names():
+    import rulebert
+    import rulebert.inference.predict as old
+    from rulebert import pipeline
+
+    assert old.predict_file is pipeline.predict_file is rulebert.predict_file
+    assert (
+        old.check_submission is pipeline.check_submission and old.pooled_examples is pipeline.pooled_examples
+    )
+    assert predict_file is pipeline.predict_file

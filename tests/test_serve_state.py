@@ -187,3 +187,13 @@ def test_adaptation_while_a_client_keeps_scoring(model_dir: Path, tmp_path: Path
         client = httpx.Client(base_url=server.url, timeout=60)
         assert client.get("/v1/model").json()["model"] == done["model"]
         assert client.get("/v1/rules/medical").json()["mode"] == "trained"
+
+
+def test_one_rules_schema_for_rules_jsonl_and_the_server():
+    """RULES.jsonl's fields are the server's stored-rule body plus its id; both go through
+    ``rule_from_json``."""
+    from rulebert.domain.rules import RULE_FIELDS
+    from rulebert.server.schema import Rule, RuleBody
+
+    assert ("id", *RuleBody.model_fields) == RULE_FIELDS
+    assert tuple(Rule.model_fields) == RULE_FIELDS

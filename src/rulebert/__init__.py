@@ -24,7 +24,7 @@ from rulebert.core.errors import RulebertError
 # name -> the module that defines it, loaded when the name is first asked for
 _LAZY = {
     "Scorer": "rulebert.inference.predict",
-    "predict_file": "rulebert.inference.predict",
+    "predict_file": "rulebert.pipeline",
     "train_model": "rulebert.training.train",
     "adapt_model": "rulebert.training.adapt",
     "evaluate": "rulebert.evaluation.evaluate",

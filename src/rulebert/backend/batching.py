@@ -8,10 +8,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from rulebert.core.errors import RulebertError
+
 Features = list[dict[str, list[int]]]
-
-
-# --- Device and precision ---------------------------------------------------------------------------------
 
 
 def violation_probability(logits: np.ndarray) -> np.ndarray:
@@ -21,13 +20,16 @@ def violation_probability(logits: np.ndarray) -> np.ndarray:
     return np.exp(logits[:, 1] - np.logaddexp(logits[:, 0], logits[:, 1]))
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[np.ndarray]:
-    """Indices sorted by length (longest first), cut so that rows x longest length <= ``max_tokens``."""
+def token_budget_batches(lengths: Sequence[int], max_tokens: int | None, max_rows: int) -> list[np.ndarray]:
+    """Indices sorted by length (longest first), cut so that rows x longest length <= ``max_tokens`` and no
+    batch has more than ``max_rows`` rows; ``max_tokens=None``: ``max_rows`` rows each (a caller's
+    ``batch_size``)."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
     batches, start = [], 0
     while start < len(order):
         longest = lengths[order[start]]
-        size = max(1, min(max_rows, max_tokens // max(longest, 1)))
+        budget = max_rows if max_tokens is None else max_tokens // max(longest, 1)
+        size = max(1, min(max_rows, budget))
         batches.append(order[start : start + size])
         start += size
     return batches
@@ -37,7 +39,7 @@ def run_batches(
     features: Features,
     run: Callable[[list[dict[str, list[int]]]], np.ndarray],
     *,
-    max_tokens: int,
+    max_tokens: int | None,
     max_rows: int,
     progress: bool = False,
     width: int | None = None,
@@ -58,4 +60,11 @@ def run_batches(
     return out
 
 
-# --- torch ------------------------------------------------------------------------------------------------
+def batch_limits(max_tokens: int, max_rows: int, batch_size: int | None) -> tuple[int | None, int]:
+    """(max_tokens, max_rows) for :func:`run_batches`: a backend's token budget, or, when the caller gives a
+    ``batch_size`` (``Scorer.predict(batch_size=...)``), exactly that many rows a batch."""
+    if batch_size is None:
+        return max_tokens, max_rows
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RulebertError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return None, batch_size

@@ -72,6 +72,3 @@ def inference_bf16(device: str) -> bool:
     import torch
 
     return device == "cuda" and torch.cuda.is_bf16_supported()
-
-
-# --- One batching loop ------------------------------------------------------------------------------------

@@ -192,12 +192,12 @@ def export_embedder(model_dir: str | os.PathLike, checkpoint: str) -> Path:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from rulebert.model.backbones import _from_pretrained
+    from rulebert.model.backbones import from_pretrained_safely
     from rulebert.model.model_dir import EMBEDDER_FILE
 
     model_dir = Path(model_dir)
-    encoder = _from_pretrained(AutoModel, checkpoint, dtype=torch.float32).eval()
-    tokenizer = _from_pretrained(AutoTokenizer, str(model_dir))
+    encoder = from_pretrained_safely(AutoModel, checkpoint, dtype=torch.float32).eval()
+    tokenizer = from_pretrained_safely(AutoTokenizer, str(model_dir))
 
     class MeanPooled(torch.nn.Module):
         def __init__(self) -> None:
@@ -244,28 +244,6 @@ def _batch_gap(backend: Any, features: list[dict[str, list[int]]], batched: Any)
     return float(max(np.abs(alone - batched[: len(rows)]).max(), np.abs(alone - wide).max()))
 
 
-def _drop_lower_bound(
-    labels: Any, torch_scores: Any, int8_scores: Any, rules: Any, rounds: int = 400
-) -> float:
-    """The 2.5th percentile of the paired bootstrap distribution of (torch AUC - int8 AUC): rows resampled
-    with replacement, both scorers on the same resample (seeded: the same rows give the same answer)."""
-    import math
-
-    import numpy as np
-
-    from rulebert.domain.metrics import column_averaged_auc
-
-    rng = np.random.default_rng(0)
-    drops = []
-    for _ in range(rounds):
-        pick = rng.integers(0, len(labels), len(labels))
-        a = column_averaged_auc(labels[pick], torch_scores[pick], rules[pick])[0]
-        b = column_averaged_auc(labels[pick], int8_scores[pick], rules[pick])[0]
-        if not (math.isnan(a) or math.isnan(b)):
-            drops.append(a - b)
-    return float(np.percentile(drops, 2.5)) if drops else math.inf
-
-
 INT8_LADDER: tuple[tuple[str, ...], ...] = ((), ("ffn-in", "ffn-out"))
 """What :func:`export_int8_checked` tries, in order, until a file passes: every MatMul int8 (MiniLM passes:
 Spearman 0.998), then the feed-forward projections left in fp32 (fine-tuned mpnet, 300 comments: Spearman
@@ -284,7 +262,7 @@ def _int8_check(
     from scipy.stats import spearmanr
 
     from rulebert.backend.onnx_backend import OnnxBackend
-    from rulebert.domain.metrics import column_averaged_auc
+    from rulebert.domain.metrics import column_averaged_auc, paired_bootstrap_drop
 
     backend = OnnxBackend(path, threads=None)
     int8_scores = backend.predict(features) if features else np.zeros(0)
@@ -306,7 +284,7 @@ def _int8_check(
     if math.isnan(auc_torch) or math.isnan(auc_int8):
         return True, "", check  # one label only: the rank correlation above is the check
     drop = auc_torch - auc_int8
-    low = _drop_lower_bound(labels, torch_scores, int8_scores, rules)
+    low = paired_bootstrap_drop(labels, torch_scores, int8_scores, rules)
     check |= {"col_auc_torch": round(auc_torch, 5), "col_auc_int8": round(auc_int8, 5)}
     check["drop_95_lower"] = round(low, 5)
     # Within the tolerance, or not shown to be beyond it: on ~100 validation rows the same int8 file's AUC

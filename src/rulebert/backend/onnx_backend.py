@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rulebert.backend.batching import Features, run_batches, violation_probability
+from rulebert.backend.batching import Features, batch_limits, run_batches, violation_probability
 from rulebert.backend.device import physical_cores
 
 # The order of BertForSequenceClassification.forward's arguments: ONNX inputs are named in this order.
@@ -44,7 +44,13 @@ class OnnxBackend:
         self.name = "onnx-int8" if ".int8." in self.path.name else "onnx"
 
     def predict(
-        self, features: Features, *, max_tokens: int = 1024, max_rows: int = 256, progress: bool = False
+        self,
+        features: Features,
+        *,
+        max_tokens: int = 1024,
+        max_rows: int = 256,
+        batch_size: int | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """P(violation) for each tokenised row, in input order.
 
@@ -58,6 +64,7 @@ class OnnxBackend:
             feed = {n: np.asarray(padded[n], dtype=np.int64) for n in self.input_names}
             return violation_probability(self.session.run(["logits"], feed)[0])
 
+        max_tokens, max_rows = batch_limits(max_tokens, max_rows, batch_size)  # a batch_size wins
         return run_batches(features, run, max_tokens=max_tokens, max_rows=max_rows, progress=progress)
 
 

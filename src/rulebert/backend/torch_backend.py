@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rulebert.backend.batching import Features, run_batches
+from rulebert.backend.batching import Features, batch_limits, run_batches
 from rulebert.backend.device import inference_bf16, pick_device
 
 
@@ -31,7 +31,13 @@ class TorchBackend:
             return self.model(**padded)
 
     def predict(
-        self, features: Features, *, max_tokens: int = 16384, max_rows: int = 256, progress: bool = False
+        self,
+        features: Features,
+        *,
+        max_tokens: int = 16384,
+        max_rows: int = 256,
+        batch_size: int | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """P(violation) for each tokenised row, in input order."""
         import torch
@@ -40,6 +46,7 @@ class TorchBackend:
             logits = self._forward(batch).logits
             return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
 
+        max_tokens, max_rows = batch_limits(max_tokens, max_rows, batch_size)  # a batch_size wins
         return run_batches(features, run, max_tokens=max_tokens, max_rows=max_rows, progress=progress)
 
 
@@ -56,6 +63,3 @@ def predict_features(
     """P(violation) for each tokenised row of an in-memory torch model (training, evaluation)."""
     backend = TorchBackend(model, tokenizer, device)
     return backend.predict(features, max_tokens=max_tokens, max_rows=max_rows, progress=progress)
-
-
-# --- ONNX Runtime -----------------------------------------------------------------------------------------

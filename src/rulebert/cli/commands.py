@@ -10,29 +10,14 @@ import argparse
 import json
 import sys
 
-from rulebert.core.config import TrainConfig
+from rulebert.core.config import TrainConfig, settings
 from rulebert.core.errors import RulebertError
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The flags as a :class:`TrainConfig`, which checks them (a bad value is a one-line error)."""
-    return TrainConfig(
-        model=args.model,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        input_format=args.input_format,
-        include_subreddit=args.include_subreddit,
-        dedupe=args.dedupe,
-        train_rules=args.train_rules,
-        blend_examples=args.blend_examples,
-        keep=args.keep,
-        bf16=args.bf16,
-        save_steps=args.save_steps,
-    )
+    """The flags as a :class:`TrainConfig` (one flag per field, :func:`~rulebert.core.config.settings`),
+    which checks them (a bad value is a one-line error)."""
+    return TrainConfig(**{setting.name: getattr(args, setting.name) for setting in settings(TrainConfig)})
 
 
 def _quiet_libraries() -> None:
@@ -106,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from rulebert.inference.predict import predict_file
+    from rulebert.pipeline import predict_file
 
     submission = predict_file(
         args.model_dir,

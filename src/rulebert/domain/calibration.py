@@ -12,7 +12,11 @@ of cross-entropy on small data make them over-confident). Two fixes, fitted on h
 The fitted calibrator is plain JSON (the model dir's ``calibration.json``, read and written by
 :mod:`rulebert.model.model_dir`): method plus parameters, and for isotonic the two threshold arrays that
 ``np.interp``
-needs; no pickles. Fit, transform and (de)serialise: nothing else lives here.
+needs; no pickles. Fit, transform and (de)serialise.
+
+This module is the one home of the calibration maths: :func:`logit`, :func:`platt_fit` (Platt's logistic
+fit with smoothed targets) and :func:`auc`; the per-rule examples model (:mod:`rulebert.domain.examples`)
+uses them with its own constants, named where it calls them.
 """
 
 from __future__ import annotations
@@ -36,16 +40,48 @@ __all__ = [  # the metrics are re-exported: calibration summaries are made of th
     "calibrate_fit",
     "calibrate_validation",
     "expected_calibration_error",
+    "auc",
     "fit_calibrator",
     "logit",
+    "platt_fit",
 ]
 METHODS = ("platt", "isotonic")  # or "none" for calibrate_validation: threshold only
-_EPS = 1e-7  # keeps logit() finite for scores of exactly 0 or 1
+LOGIT_EPS = 1e-7  # keeps logit() finite for scores of exactly 0 or 1
+PLATT_C = 1e6  # the model dir's calibrator: practically no penalty (hundreds of validation rows)
 
 
-def logit(scores: Sequence[float] | np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1 - _EPS)
+def logit(scores: Sequence[float] | np.ndarray, eps: float = LOGIT_EPS) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped to [eps, 1 - eps] so that scores of exactly 0 or 1 stay finite."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), eps, 1 - eps)
     return np.log(p) - np.log1p(-p)
+
+
+def auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """ROC AUC of scores against both-class labels (see ``metrics.auc_or_none`` where one class may lack)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def platt_fit(
+    labels: np.ndarray, x: np.ndarray, *, C: float = PLATT_C, max_iter: int = 1000
+) -> tuple[float, float]:
+    """(slope, intercept) of a logistic regression of ``labels`` on the 1-D ``x``, with Platt's (1999)
+    smoothed targets (N+ + 1)/(N+ + 2) and 1/(N- + 2) instead of 1 and 0, given as each row counted once as
+    positive and once as negative with those weights. ``C`` is sklearn's inverse penalty."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray(labels).astype(int)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    target = np.where(labels == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+    column = np.asarray(x, dtype=np.float64).reshape(-1, 1)
+    model = LogisticRegression(C=C, max_iter=max_iter).fit(
+        np.vstack([column, column]),
+        np.concatenate([np.ones(len(column)), np.zeros(len(column))]),
+        sample_weight=np.concatenate([target, 1 - target]),
+    )
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
 
 
 @dataclass
@@ -124,20 +160,7 @@ def fit_calibrator(
         )
         return Calibrator("isotonic", {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()})
 
-    from sklearn.linear_model import LogisticRegression
-
-    # Platt (1999): targets (N+ + 1)/(N+ + 2) and 1/(N- + 2) instead of 1 and 0, given here as each row
-    # counted once as positive and once as negative with those weights. C is large: practically no penalty.
-    positives = int(labels.sum())
-    negatives = len(labels) - positives
-    target = np.where(labels == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
-    x = logit(scores).reshape(-1, 1)
-    model = LogisticRegression(C=1e6, max_iter=1000).fit(
-        np.vstack([x, x]),
-        np.concatenate([np.ones(len(x)), np.zeros(len(x))]),
-        sample_weight=np.concatenate([target, 1 - target]),
-    )
-    slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
+    slope, intercept = platt_fit(labels, logit(scores))  # on the logit, C large: practically no penalty
     if not slope > 0:
         raise ValueError(f"Platt slope {slope:.3g} is not positive (scores rank no better than chance)")
     return Calibrator("platt", {"slope": slope, "intercept": intercept})

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from rulebert.domain.calibration import auc, logit, platt_fit
+
 MAX_FOLDS = 5  # out-of-fold scores of the examples: at most this many folds (leave-one-out when fewer)
 MIN_BLEND_EXAMPLES = 10
 """Examples of each label a rule the model *trained on* needs before they are blended in: with a row's own
@@ -36,6 +38,13 @@ four cells (2 + 2) the per-rule model is near chance (0.499-0.557 on request-tim
 noise to a trained model; pooled over a rule (hundreds) it adds +0.009. Chosen by that principle, not tuned
 on scored comments."""
 _EPS = 1e-6
+"""The examples model's logit clip (and its 'no spread' bound). It differs from the calibrator's 1e-7
+(``calibration.LOGIT_EPS``) on purpose: the clip bounds a saturated cross-encoder score, which here is
+standardised with a handful of examples' scores, and the request-time numbers in docs/evaluation.md were
+measured with 1e-6; a shared constant would change them."""
+EXAMPLES_PLATT_C = 1.0
+"""The examples model's Platt fit is regularised (sklearn's default C=1), unlike the model dir's
+calibrator (``calibration.PLATT_C``, practically none): it is fitted on a handful of out-of-fold scores."""
 
 
 def normalize_rule(text: str) -> str:
@@ -93,7 +102,12 @@ def rule_mode(rule: str, examples: RuleExamples | None, trained_rules: set[str] 
     return "examples" if examples is not None and examples.usable else "zero-shot"
 
 
-def _tfidf_scorer(texts: list[str], labels: np.ndarray) -> Callable[[list[str]], np.ndarray]:
+def tfidf_scorer(
+    texts: list[str], labels: np.ndarray, *, max_iter: int = 2000
+) -> Callable[[list[str]], np.ndarray]:
+    """TF-IDF (word 1-2 and char_wb 2-5 grams, sublinear) + logistic regression (C=1) fitted on labelled
+    texts; returns its decision function (a logit: ``scipy.special.expit`` of it is P(label 1)). The one
+    TF-IDF model: the examples model's member and ``rulebert evaluate``'s baseline."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
@@ -104,7 +118,7 @@ def _tfidf_scorer(texts: list[str], labels: np.ndarray) -> Callable[[list[str]],
     # where it has a vocabulary, and with none the member says nothing (a constant, standardised away).
     for parts in ((words, chars), (chars,), (words,)):
         try:
-            model = make_pipeline(make_union(*parts), LogisticRegression(C=1.0, max_iter=2000))
+            model = make_pipeline(make_union(*parts), LogisticRegression(C=1.0, max_iter=max_iter))
             model.fit(texts, labels)
             return lambda values: model.decision_function(values)
         except ValueError as err:
@@ -155,17 +169,6 @@ class _Scale:
         return (np.asarray(values, dtype=np.float64) - self.mean) / self.std
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores))
-
-
 @dataclass
 class ExampleModel:
     """A per-rule scorer fitted on one rule's examples (see the module docstring)."""
@@ -205,14 +208,14 @@ class ExampleModel:
         the model alone, neither rule lower; a plain sum of standardised logits gained +0.002 and lowered
         one rule (docs/evaluation.md)."""
         texts, labels = examples.texts, examples.labels
-        ce = _logit(cross_encoder_scores)
-        weight = 1.0 if trained else max(0.0, 2 * _auc(labels, ce) - 1)
+        ce = logit(cross_encoder_scores, _EPS)
+        weight = 1.0 if trained else max(0.0, 2 * auc(labels, ce) - 1)
         model = cls(examples, weight)
         if trained:
             model._trained_reference = np.sort(ce)
         oof: dict[str, np.ndarray] = {}
-        model._tfidf = _tfidf_scorer(texts, labels)
-        oof["tfidf"] = _out_of_fold(_tfidf_scorer, texts, labels)
+        model._tfidf = tfidf_scorer(texts, labels)
+        oof["tfidf"] = _out_of_fold(tfidf_scorer, texts, labels)
         if vectors is not None:
             model._embedding = _embedding_scorer(vectors, labels)
             model._example_vectors = np.asarray(vectors, dtype=np.float32)
@@ -223,9 +226,9 @@ class ExampleModel:
         model._scales = {name: _Scale.of(values) for name, values in oof.items()}
         if trained:  # the in-sample quantiles would make a near-step Platt: fit it on the honest part only
             honest = [model._scales[n](oof[n]) for n in model.methods if n != "cross-encoder"]
-            model._platt = _fit_platt(labels, np.mean(honest, axis=0))
+            model._platt = _examples_platt(labels, np.mean(honest, axis=0))
         else:
-            model._platt = _fit_platt(labels, model._combine(oof))
+            model._platt = _examples_platt(labels, model._combine(oof))
         return model
 
     def _combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
@@ -252,7 +255,7 @@ class ExampleModel:
                 raise ValueError("this rule's model was fitted with embeddings: pass the comments' vectors")
             scores["embedding"] = self._embedding(vectors)
         if "cross-encoder" in self.methods:
-            scores["cross-encoder"] = _logit(cross_encoder_scores)
+            scores["cross-encoder"] = logit(cross_encoder_scores, _EPS)
         slope, intercept = self._platt
         return 1.0 / (1.0 + np.exp(-(slope * self._combine(scores) + intercept)))
 
@@ -270,27 +273,43 @@ class ExampleModel:
         ]
 
 
-def _fit_platt(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(slope, intercept) of a logistic fit of the labels on the examples' out-of-fold combined scores,
-    with Platt's smoothed targets; (1, 0) where it cannot be fitted or would not be increasing."""
-    from sklearn.linear_model import LogisticRegression
-
+def _examples_platt(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(slope, intercept) of Platt's fit (:func:`calibration.platt_fit`) of the labels on the examples'
+    out-of-fold combined scores; (1, 0) where it cannot be fitted or would not be increasing."""
     finite = np.isfinite(scores)
     labels, scores = labels[finite], scores[finite]
     if len(np.unique(labels)) < 2:
         return 1.0, 0.0
-    positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
-    target = np.where(labels == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
-    x = scores.reshape(-1, 1)
-    fitted = LogisticRegression(C=1.0, max_iter=1000).fit(
-        np.vstack([x, x]),
-        np.r_[np.ones(len(x)), np.zeros(len(x))],
-        sample_weight=np.r_[target, 1 - target],
-    )
-    slope, intercept = float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
+    slope, intercept = platt_fit(labels, scores, C=EXAMPLES_PLATT_C)
     if not (slope > 0 and math.isfinite(intercept)):
         return 1.0, 0.0
     return slope, intercept
+
+
+def blend_with_examples(
+    examples: RuleExamples,
+    texts: Sequence[str],
+    scores: np.ndarray,
+    *,
+    score_examples: Callable[[list[str]], np.ndarray],
+    embed: Callable[[list[str]], np.ndarray | None],
+    trained: bool,
+    fitted: ExampleModel | None = None,
+) -> tuple[np.ndarray, list[dict[str, Any]] | None, ExampleModel]:
+    """The one examples blend (``Scorer`` and ``rulebert evaluate`` both score through it): P(violation) of
+    each of ``texts`` from the rule's ``examples`` and the cross-encoder's ``scores`` of the texts.
+
+    ``score_examples(texts)``: the cross-encoder's probabilities of (rule, text); ``embed(texts)``: their
+    sentence vectors, or None without an embedder; ``trained``: the model was trained on the rule (see
+    :meth:`ExampleModel.fit`); ``fitted``: a model fitted before on the same rule and examples (a cache hit).
+    Returns (probabilities, the nearest example of each text or None without an embedder, the model)."""
+    model = fitted
+    if model is None:
+        on_examples = np.asarray(score_examples(examples.texts))
+        model = ExampleModel.fit(examples, on_examples, embed(examples.texts), trained=trained)
+    vectors = embed(list(texts))
+    probabilities = model.score(texts, np.asarray(scores), vectors)
+    return probabilities, None if vectors is None else model.nearest(vectors), model
 
 
 class ExampleModelCache:

@@ -120,3 +120,21 @@ def best_f1_threshold(
     cut = s[last_of_value][best]
     below = s[last_of_value][best + 1] if best + 1 < len(f1) else cut
     return float((cut + below) / 2 if below < cut else cut), float(f1[best])
+
+
+def paired_bootstrap_drop(
+    labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, rules: np.ndarray, rounds: int = 400
+) -> float:
+    """The 2.5th percentile of the paired bootstrap distribution of (column-averaged AUC of ``scores_a`` -
+    that of ``scores_b``): rows resampled with replacement, both scorers on the same resample (seeded: the
+    same rows give the same answer); ``inf`` when no resample has both labels. The int8 export's check
+    (:mod:`rulebert.backend.export`): b (int8) is not shown to fall below a (torch) when this is small."""
+    rng = np.random.default_rng(0)
+    drops = []
+    for _ in range(rounds):
+        pick = rng.integers(0, len(labels), len(labels))
+        a = column_averaged_auc(labels[pick], scores_a[pick], rules[pick])[0]
+        b = column_averaged_auc(labels[pick], scores_b[pick], rules[pick])[0]
+        if not (math.isnan(a) or math.isnan(b)):
+            drops.append(a - b)
+    return float(np.percentile(drops, 2.5)) if drops else math.inf

@@ -6,8 +6,8 @@ The scores themselves come from :mod:`rulebert.domain.metrics`; the page and ROC
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +24,8 @@ from rulebert.core.files import write_csv_atomic, write_json_atomic
 from rulebert.domain import data as D
 from rulebert.domain.metrics import auc_or_none, mean_or_none
 from rulebert.model.report import plot_roc, write_html_report
+
+logger = logging.getLogger(__name__)
 
 # --- Evaluation harness: `rulebert evaluate` ----------------------------------------------------------
 #
@@ -116,37 +118,22 @@ def kfold_folds(frame: pd.DataFrame, k: int, *, seed: int = 42, dedupe: bool = T
     return folds
 
 
-def _tfidf_lr_scores(train_rows: pd.DataFrame, score_rows: pd.DataFrame, seed: int) -> np.ndarray:
-    from scipy.sparse import hstack
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    texts = train_rows[D.TEXT].tolist()
-    vectorizers = [
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(texts),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True).fit(texts),
-    ]
-
-    def features(values: list[str]) -> Any:
-        return hstack([v.transform(values) for v in vectorizers]).tocsr()
-
-    model = LogisticRegression(C=1.0, max_iter=3000, random_state=seed)
-    model.fit(features(texts), train_rows[D.LABEL].to_numpy())
-    return model.predict_proba(features(score_rows[D.TEXT].tolist()))[:, 1]
-
-
 def baseline_recipe(
     config: Any, train_rows: pd.DataFrame, score_rows: pd.DataFrame, work_dir: Path
 ) -> np.ndarray:
     """Reference baseline: per rule, TF-IDF (word 1-2 + char_wb 2-5) + logistic regression fitted on that
     rule's training rows only. A rule without both labels among them scores 0.5 (chance)."""
+    from scipy.special import expit
+
+    from rulebert.domain.examples import tfidf_scorer
+
     scores = np.full(len(score_rows), 0.5)
-    seed = getattr(config, "seed", 0)
     for rule in dict.fromkeys(score_rows[D.RULE].tolist()):
         mask = (score_rows[D.RULE] == rule).to_numpy()
         own = train_rows[train_rows[D.RULE] == rule]
-        if own[D.LABEL].nunique() == 2:
-            scores[mask] = _tfidf_lr_scores(own, score_rows[mask], seed)
+        if own[D.LABEL].nunique() == 2:  # lbfgs is deterministic: no seed to give
+            model = tfidf_scorer(own[D.TEXT].tolist(), own[D.LABEL].to_numpy(), max_iter=3000)
+            scores[mask] = expit(model(score_rows.loc[mask, D.TEXT].tolist()))
     return scores
 
 
@@ -186,7 +173,8 @@ def blend_with_examples(
     int8 sentence embedder of the base checkpoint. Rules without enough keep the model's scores."""
     from rulebert.backend.onnx_backend import OnnxEmbedder
     from rulebert.backend.torch_backend import predict_features
-    from rulebert.domain.examples import ExampleModel, RuleExamples
+    from rulebert.domain.examples import RuleExamples
+    from rulebert.domain.examples import blend_with_examples as blend
     from rulebert.domain.text import encode_frame
     from rulebert.model.backbones import resolve_checkpoint
     from rulebert.model.model_dir import find_embedder
@@ -214,11 +202,20 @@ def blend_with_examples(
 
     for rule, examples in blended.items():
         rows = (score_rows[D.RULE] == rule).to_numpy()
-        frame = pd.DataFrame({D.TEXT: examples.texts, D.RULE: rule, D.SUBREDDIT: ""})
-        on_examples = predict_features(fit.model, fit.tokenizer, encode_frame(fit.tokenizer, frame, config))
-        model = ExampleModel.fit(examples, np.asarray(on_examples), embed(examples.texts), trained=True)
+
+        def score_examples(texts: list[str], rule: str = rule) -> np.ndarray:
+            frame = pd.DataFrame({D.TEXT: texts, D.RULE: rule, D.SUBREDDIT: ""})
+            return predict_features(fit.model, fit.tokenizer, encode_frame(fit.tokenizer, frame, config))
+
         texts = score_rows.loc[rows, D.TEXT].tolist()
-        out[rows] = model.score(texts, np.asarray(scores)[rows], embed(texts))
+        out[rows], _, _ = blend(
+            examples,
+            texts,
+            np.asarray(scores)[rows],
+            score_examples=score_examples,
+            embed=embed,
+            trained=True,
+        )
     return out
 
 
@@ -297,7 +294,7 @@ def _write_html(
             },
         )
     except Exception as err:  # the JSON and PNG are the results; a failed extra page is only reported
-        print(f"rulebert: warning: report.html not written ({err})", file=sys.stderr)
+        logger.warning("report.html not written (%s)", err)
 
 
 def evaluate(

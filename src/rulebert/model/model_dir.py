@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +36,8 @@ from rulebert.model.integrity import (
     read_hf_config,
     refuse_remote_code,
 )
+
+logger = logging.getLogger(__name__)
 
 # The files of a model dir, beside the Hugging Face ones (config.json, model.safetensors, tokenizer files).
 RECORD_FILE = "rulebert.json"  # how it was made; written last
@@ -205,6 +208,21 @@ def verify_model_dir(model_dir: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
+def lineage_root(record: dict[str, Any]) -> str:
+    """The weights a chain of adaptations started from (a digest of their hashes): the record's
+    ``data.adapted_from.root`` (written by :mod:`rulebert.training.adapt`), else this model's own weights.
+    A server restarted with a ``--state-dir`` serves an adapted model only if it descends from the
+    ``--model-dir`` it was given."""
+    import hashlib
+
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    adapted = data.get("adapted_from") if isinstance(data.get("adapted_from"), dict) else {}
+    if isinstance(adapted.get("root"), str):
+        return adapted["root"]
+    weights = json.dumps(record.get("weights_sha256") or {}, sort_keys=True)
+    return hashlib.sha256(weights.encode()).hexdigest()[:32]
+
+
 def _threshold_value(metrics: dict[str, Any]) -> float | None:
     value = metrics.get("threshold")
     return None if value is None else float(value)
@@ -322,7 +340,6 @@ def find_onnx(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path | No
     ``record`` is the model dir's verified ``rulebert.json``. A file exported from other weights is skipped
     with a warning; a file whose own hash does not match is an error (it is corrupted).
     """
-    import sys
 
     model_dir = Path(model_dir)
     onnx_record = read_onnx_record(model_dir)
@@ -332,13 +349,11 @@ def find_onnx(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path | No
             continue
         entry = onnx_record.get(name)
         if not isinstance(entry, dict):
-            print(f"rulebert: warning: {path} is not listed in {ONNX_RECORD}; ignored", file=sys.stderr)
+            logger.warning("%s is not listed in %s; ignored", path, ONNX_RECORD)
             continue
         if entry.get("source_weights_sha256") != record.get("weights_sha256", {}):
-            print(
-                f"rulebert: warning: {path} was exported from other weights (stale; re-run "
-                "`rulebert export`); ignored",
-                file=sys.stderr,
+            logger.warning(
+                "%s was exported from other weights (stale; re-run `rulebert export`); ignored", path
             )
             continue
         if sha256_file(path) != entry.get("sha256"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import sys
 import warnings
@@ -30,19 +31,17 @@ from typing import IO, Any
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import atomic_write, check_output_place
 from rulebert.domain.text import surrogate_problem
-from rulebert.scoring.readers import (  # re-exported: the ray engine and callers read through them
+from rulebert.scoring.readers import (  # re-exported: callers read through them
     EXAMPLE_LABEL_COLUMNS as EXAMPLE_LABEL_COLUMNS,
 )
 from rulebert.scoring.readers import EXAMPLE_TEXT_COLUMNS as EXAMPLE_TEXT_COLUMNS
 from rulebert.scoring.readers import TEXT_COLUMNS as TEXT_COLUMNS
 from rulebert.scoring.readers import Examples as Examples
 from rulebert.scoring.readers import Row as Row
-from rulebert.scoring.readers import _checked as _checked
-from rulebert.scoring.readers import _csv_rows as _csv_rows
-from rulebert.scoring.readers import _jsonl_rows as _jsonl_rows
-from rulebert.scoring.readers import _open_binary as _open_binary
-from rulebert.scoring.readers import _pick as _pick
+from rulebert.scoring.readers import comment_rows, open_input
 from rulebert.scoring.readers import read_examples as read_examples
+
+logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 2048
 PROBABILITY = "probability"
@@ -122,12 +121,12 @@ def _mode(scorer: Any, target: ScoredRule) -> str:
     """How ``scorer`` scores the rule: one mode per rule (it depends on the rule and its examples only)."""
     if not hasattr(scorer, "mode"):  # a stand-in with only ``score``
         return "zero-shot"
-    from rulebert.domain.examples import RuleExamples
-
-    return scorer.mode(target.text, RuleExamples.of(target.examples.positive, target.examples.negative))
+    return scorer.mode(target.text, target.examples.rule_examples())
 
 
 def _warn(message: str) -> None:
+    # A Python warning, not a log line: ZeroShotWarning is a documented category a caller filters or turns
+    # into an error (``warnings.simplefilter("error", ZeroShotWarning)``); the CLI passes its own ``warn``.
     warnings.warn(message, ZeroShotWarning, stacklevel=3)
 
 
@@ -142,7 +141,7 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-class _Output:
+class RowWriter:
     """Rows out in the output's format, whatever the input's, with the probability columns added (a column
     already there is replaced in place)."""
 
@@ -211,16 +210,15 @@ def score_stream(
             )
     columns_out = [c for target in scored for c in (target.column, target.mode_column)]
     count = 0
-    with _open_binary(str(input_path)) as (handle, fmt, name):
+    with open_input(str(input_path)) as (handle, fmt, name):
         out_fmt = output_format(output_path, fmt)
-        header, rows = _csv_rows(handle, name, TEXT_COLUMNS) if fmt == "csv" else (None, None)
-        rows = rows if rows is not None else _jsonl_rows(handle, name, TEXT_COLUMNS)
+        header, rows = comment_rows(handle, fmt, name)
         with (
             _open_output(str(output_path)) as out,
             tqdm(desc="score", unit="row", file=sys.stderr, disable=not progress) as bar,
         ):
-            writer = _Output(out, out_fmt, header, columns_out, raw_csv)
-            for chunk in _chunks(_checked(rows), chunk_rows):
+            writer = RowWriter(out, out_fmt, header, columns_out, raw_csv)
+            for chunk in _chunks(rows, chunk_rows):
                 n = len(chunk)
                 has_subreddit = any(r.subreddit is not None for r in chunk)
                 subreddits = [r.subreddit or "" for r in chunk] if has_subreddit else None
@@ -243,7 +241,7 @@ def score_stream(
                 count += n
                 bar.update(n)
     if count == 0:
-        print(f"rulebert: warning: {name}: no data rows", file=sys.stderr)
+        logger.warning("%s: no data rows", name)
     return count
 
 

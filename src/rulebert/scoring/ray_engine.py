@@ -34,14 +34,15 @@ import numpy as np
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import atomic_write
 from rulebert.model.model_dir import verify_model_dir
-from rulebert.scoring import local as local  # its readers and writer: the same rows, cells and errors
-from rulebert.scoring.local import (
-    PROBABILITY,
+from rulebert.scoring import local as local  # its writer: the same cells and errors
+from rulebert.scoring.local import PROBABILITY, ScoredRule, check_rule_text, rules_to_score
+from rulebert.scoring.readers import (  # the same readers as `rulebert score`: the same rows and errors
     TEXT_COLUMNS,
     Examples,
-    ScoredRule,
+    comment_rows,
+    open_input,
+    pick_column,
     read_examples,
-    rules_to_score,
 )
 
 SHARD_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -86,10 +87,9 @@ def read_shard(path: Path) -> Shard:
     fmt = SHARD_FORMATS[path.suffix.lower()]
     if fmt == "parquet":
         return _read_parquet(path)
-    with local._open_binary(str(path)) as (handle, _, name):
-        header, rows = local._csv_rows(handle, name, TEXT_COLUMNS) if fmt == "csv" else (None, None)
-        rows = rows if rows is not None else local._jsonl_rows(handle, name, TEXT_COLUMNS)
-        records = list(local._checked(rows))
+    with open_input(str(path)) as (handle, _, name):
+        header, rows = comment_rows(handle, fmt, name)
+        records = list(rows)
     return Shard(path, fmt, header, records, [r.body for r in records], [r.subreddit or "" for r in records])
 
 
@@ -100,7 +100,7 @@ def _read_parquet(path: Path) -> Shard:
         table = pq.read_table(path)
     except (OSError, ValueError) as err:
         raise RulebertError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
-    column = local._pick(table.column_names, TEXT_COLUMNS, str(path), "text")
+    column = pick_column(table.column_names, TEXT_COLUMNS, str(path), "text")
     bodies = table.column(column).to_pylist()
     for number, body in enumerate(bodies, start=1):
         if not isinstance(body, str) or not body.strip():
@@ -144,7 +144,7 @@ def write_shard(
         return
     columns = [c for p in probabilities for c in (p, *modes.get(p, ())[:1])]
     with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
-        writer = local._Output(handle, shard.fmt, shard.header, columns, raw_csv)
+        writer = local.RowWriter(handle, shard.fmt, shard.header, columns, raw_csv)
         for i, row in enumerate(shard.records):
             values: dict[str, float | str] = {}
             for column, p in probabilities.items():
@@ -268,21 +268,21 @@ def _targets(rule: str | None, examples_path: Any, rules_path: Any) -> list[Scor
         if examples_path is not None:
             raise RulebertError("--examples goes with --rule; with --rules each rule carries its examples")
         return rules_to_score(rules_path)
-    local.check_rule_text(rule)
+    check_rule_text(rule)
     examples = read_examples(examples_path) if examples_path is not None else Examples()
     return [ScoredRule(PROBABILITY, rule, examples)]
 
 
 def _modes(targets: list[ScoredRule], record: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """Each target's (mode column, mode), from the model's record as a ``Scorer`` would decide it."""
-    from rulebert.domain.examples import RuleExamples, normalize_rule, rule_mode
+    from rulebert.domain.examples import normalize_rule, rule_mode
 
     data = record.get("data") if isinstance(record.get("data"), dict) else {}
     trained = {normalize_rule(r) for r in data.get("rules") or [] if isinstance(r, str)}
     return {
         t.column: (
             t.mode_column,
-            rule_mode(t.text, RuleExamples.of(t.examples.positive, t.examples.negative), trained),
+            rule_mode(t.text, t.examples.rule_examples(), trained),
         )
         for t in targets
     }

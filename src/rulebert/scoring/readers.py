@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
+from rulebert.domain.examples import RuleExamples
 from rulebert.domain.text import surrogate_problem
 
 TEXT_COLUMNS = ("body", "comment")
@@ -32,10 +33,16 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl
 
 @dataclass
 class Examples:
-    """Comments known to break (positive) or keep (negative) the rule."""
+    """Comments known to break (positive) or keep (negative) the rule, as read (order and repeats kept).
+
+    A thin adapter of the one examples type, :class:`rulebert.domain.examples.RuleExamples` (what the
+    scorer learns from, deduplicated): :meth:`rule_examples` gives it."""
 
     positive: list[str] = field(default_factory=list)
     negative: list[str] = field(default_factory=list)
+
+    def rule_examples(self) -> RuleExamples:
+        return RuleExamples.of(self.positive, self.negative)
 
 
 @dataclass
@@ -55,7 +62,7 @@ def _sniff(head: bytes) -> str:
 
 
 @contextlib.contextmanager
-def _open_binary(path: str) -> Iterator[tuple[io.BufferedReader, str, str]]:
+def open_input(path: str) -> Iterator[tuple[io.BufferedReader, str, str]]:
     """(binary handle, format, name for messages); ``-`` is stdin, whose format is sniffed."""
     if path == "-":
         handle = sys.stdin.buffer
@@ -83,7 +90,7 @@ def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
             raise RulebertError(f"{name}: line {number}: not valid UTF-8 (byte 0x{bad})") from None
 
 
-def _pick(columns: Sequence[str], wanted: Sequence[str], name: str, what: str) -> str:
+def pick_column(columns: Sequence[str], wanted: Sequence[str], name: str, what: str) -> str:
     for column in wanted:
         if column in columns:
             return column
@@ -92,7 +99,7 @@ def _pick(columns: Sequence[str], wanted: Sequence[str], name: str, what: str) -
     raise RulebertError(f"{name}: no {what} column {names} (found: {found})")
 
 
-def _csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple[list[str], Iterator[Row]]:
+def csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple[list[str], Iterator[Row]]:
     reader = csv.reader(_decoded_lines(handle, name))
     try:
         header = next(reader)
@@ -100,7 +107,7 @@ def _csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tupl
         raise RulebertError(f"{name}: file is empty") from None
     except csv.Error as err:
         raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
-    text = header.index(_pick(header, text_columns, name, "text"))
+    text = header.index(pick_column(header, text_columns, name, "text"))
     sub = header.index("subreddit") if "subreddit" in header else None
 
     def rows() -> Iterator[Row]:
@@ -140,7 +147,7 @@ def _check_unicode(record: dict[str, Any], where: str) -> None:
             raise RulebertError(f"{where}, key {key[:40]!r}: {problem}")
 
 
-def _jsonl_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> Iterator[Row]:
+def jsonl_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> Iterator[Row]:
     for number, line in enumerate(_decoded_lines(handle, name), start=1):
         if not line.strip():
             continue
@@ -153,7 +160,7 @@ def _jsonl_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> It
             raise RulebertError(f"{where}: expected a JSON object, got {type(record).__name__}")
         if "\\u" in line:  # only an escape can put a lone surrogate in decoded UTF-8
             _check_unicode(record, where)
-        key = _pick(list(record), text_columns, where, "text")
+        key = pick_column(list(record), text_columns, where, "text")
         body = record[key]
         if not isinstance(body, str):
             raise RulebertError(f"{where}, key '{key}': expected a string, got {type(body).__name__}")
@@ -161,27 +168,35 @@ def _jsonl_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> It
         yield Row(where, record, key, body, subreddit if isinstance(subreddit, str) else None)
 
 
-def _checked(rows: Iterator[Row]) -> Iterator[Row]:
+def checked_rows(rows: Iterator[Row]) -> Iterator[Row]:
     for row in rows:
         if not row.body.strip():
             raise RulebertError(f"{row.where}, column '{row.column}': empty comment")
         yield row
 
 
+def comment_rows(handle: IO[bytes], fmt: str, name: str) -> tuple[list[str] | None, Iterator[Row]]:
+    """(CSV header or None, checked rows) of an opened comments file (:func:`open_input`): what both
+    ``rulebert score`` engines read."""
+    header, rows = csv_rows(handle, name, TEXT_COLUMNS) if fmt == "csv" else (None, None)
+    rows = rows if rows is not None else jsonl_rows(handle, name, TEXT_COLUMNS)
+    return header, checked_rows(rows)
+
+
 def read_examples(path: str | os.PathLike) -> Examples:
     """A CSV/JSONL of ``text`` (or ``body``/``comment``) and ``label`` (or ``rule_violation``, or ``removed``:
     1 = breaks the rule, 0 = keeps it; ``true``/``false`` and ``removed``/``kept`` also read)."""
     examples = Examples()
-    with _open_binary(str(path)) as (handle, fmt, name):
+    with open_input(str(path)) as (handle, fmt, name):
         if fmt == "csv":
-            header, rows = _csv_rows(handle, name, EXAMPLE_TEXT_COLUMNS)
-            label_at = header.index(_pick(header, EXAMPLE_LABEL_COLUMNS, name, "label"))
+            header, rows = csv_rows(handle, name, EXAMPLE_TEXT_COLUMNS)
+            label_at = header.index(pick_column(header, EXAMPLE_LABEL_COLUMNS, name, "label"))
             pairs = ((row, row.record[label_at], header[label_at]) for row in rows)
         else:
 
             def jsonl_pairs() -> Iterator[tuple[Row, Any, str]]:
-                for row in _jsonl_rows(handle, name, EXAMPLE_TEXT_COLUMNS):
-                    key = _pick(list(row.record), EXAMPLE_LABEL_COLUMNS, row.where, "label")
+                for row in jsonl_rows(handle, name, EXAMPLE_TEXT_COLUMNS):
+                    key = pick_column(list(row.record), EXAMPLE_LABEL_COLUMNS, row.where, "label")
                     yield row, row.record[key], key
 
             pairs = jsonl_pairs()

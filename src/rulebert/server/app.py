@@ -18,8 +18,8 @@ Hardening, for a server that may be reachable from a browser or a network:
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -33,7 +33,8 @@ from pydantic import BaseModel
 
 from rulebert._version import __version__
 from rulebert.core.errors import RulebertError
-from rulebert.domain.rules import RULE_ID_RULE, StoredRule, check_adaptable, is_rule_id
+from rulebert.core.logs import attach_stderr_handler
+from rulebert.domain.rules import RULE_ID_RULE, StoredRule, check_adaptable, is_rule_id, rule_from_json
 from rulebert.model.model_dir import VALIDATION_SCOPE
 from rulebert.server.guard import (
     API_KEY_ENV,
@@ -72,6 +73,8 @@ from rulebert.server.schema import MAX_RULES as MAX_RULES
 from rulebert.server.state import Busy, Jobs, Served, ServedModel, ServerState, checkpoint_name, with_stored
 from rulebert.server.validation import MAX_ERRORS as MAX_ERRORS  # re-exported: the 422 cap is part of the API
 from rulebert.server.validation import InvalidBody, error_body, parse_body
+
+logger = logging.getLogger(__name__)
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -114,7 +117,7 @@ def create_app(
     if not hasattr(model, "score") and state is not None:
         adapted = state.newest_adapted(model)
         if adapted is not None:
-            print(f"rulebert: serving the newest adapted model, {adapted}", file=sys.stderr)
+            logger.info("serving the newest adapted model, %s", adapted)
             model = adapted
     served = ServedModel(Served.of(model if hasattr(model, "score") else Scorer(model)))
     jobs = Jobs(state, served, lambda path: Served.of(Scorer(path))) if state is not None else None
@@ -295,9 +298,10 @@ def create_app(
         """Create (201) or replace (200) a stored rule and its examples."""
         store = need_state().rules
         body = await parse_body(http_request, RuleBody)
-        rule = StoredRule(
-            stored_rule_id(rule_id), body.text, tuple(body.positive_examples), tuple(body.negative_examples)
-        )
+        try:  # the one RULES.jsonl validation; the schema above added the HTTP size limits
+            rule = rule_from_json({"id": stored_rule_id(rule_id), **body.model_dump()}, f"rule {rule_id!r}")
+        except RulebertError as err:
+            raise HTTPException(422, str(err)) from None
         stored, created = await run_in_threadpool(store.put, rule)
         return JSONResponse(rule_out(stored).model_dump(), status_code=201 if created else 200)
 
@@ -405,6 +409,7 @@ def run_server(
     """
     import uvicorn
 
+    attach_stderr_handler()  # as the CLI: the log lines as "rulebert: [warning: ]..." on stderr
     if max_connections < 1 or not request_timeout > 0:
         raise RulebertError("--max-connections and --request-timeout must be positive")
     hosts = allowed_hosts_for(host, allowed_hosts)
@@ -419,16 +424,17 @@ def run_server(
     )
     if host not in LOOPBACK:
         if api_key is None:
-            print(
-                f"rulebert: warning: listening on {host}: reachable from other machines, with no"
-                f" authentication (set {API_KEY_ENV} or --api-key-file)",
-                file=sys.stderr,
+            logger.warning(
+                "listening on %s: reachable from other machines, with no authentication (set %s or "
+                "--api-key-file)",
+                host,
+                API_KEY_ENV,
             )
         if hosts != ["*"] and host in ("0.0.0.0", "::", ""):
-            print(
-                "rulebert: note: requests must name this machine in their Host header as one of: "
-                f"{', '.join(hosts)}; add the names clients use with --allowed-host NAME",
-                file=sys.stderr,
+            logger.info(
+                "note: requests must name this machine in their Host header as one of: %s; add the names "
+                "clients use with --allowed-host NAME",
+                ", ".join(hosts),
             )
     uvicorn.run(
         app,

@@ -6,6 +6,7 @@ re-implements these four methods.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import create_private
-from rulebert.domain.rules import StoredRule, check_rule_id
+from rulebert.domain.rules import StoredRule, check_rule_id, rule_from_json
 
 
 class RuleStore:
@@ -51,14 +52,8 @@ class RuleStore:
 
     @staticmethod
     def _row(rule_id: str, body: str, updated: float) -> StoredRule:
-        payload = json.loads(body)
-        return StoredRule(
-            rule_id,
-            payload["text"],
-            tuple(payload["positive_examples"]),
-            tuple(payload["negative_examples"]),
-            updated,
-        )
+        rule = rule_from_json({"id": rule_id, **json.loads(body)}, f"stored rule {rule_id!r}")
+        return dataclasses.replace(rule, updated=updated)
 
     def put(self, rule: StoredRule) -> tuple[StoredRule, bool]:
         """Create or replace a rule; returns it (with its time) and whether it is new."""

@@ -81,7 +81,9 @@ class Rule(Strict):
 
 
 class RuleBody(Strict):
-    """A stored rule (PUT /v1/rules/{id})."""
+    """A stored rule (PUT /v1/rules/{id}): a RULES.jsonl line without its id (the path has it). Its fields
+    are ``domain.rules.RULE_FIELDS``; this adds the HTTP limits, then ``rule_from_json`` validates the rule
+    as it validates RULES.jsonl."""
 
     text: RuleText
     positive_examples: list[ExampleText] = Field(

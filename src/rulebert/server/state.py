@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -27,12 +27,13 @@ from typing import Any
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain.rules import StoredRule, is_rule_id
-from rulebert.model.integrity import lineage_root
-from rulebert.model.model_dir import verify_model_dir
+from rulebert.model.model_dir import lineage_root, verify_model_dir
 from rulebert.server.job_store import JobStore
 from rulebert.server.rule_store import RuleStore
 from rulebert.server.schema import Rule
 from rulebert.server.validation import InvalidBody, error_body
+
+logger = logging.getLogger(__name__)
 
 RULES_DB = "rules.sqlite3"
 JOBS_DB = "jobs.sqlite3"
@@ -101,9 +102,7 @@ class ServerState:
     def _recover(self) -> None:
         """After a crash: jobs that were running are failed, their staging folders removed."""
         for job_id in self.jobs.recover():
-            print(
-                f"rulebert: warning: adaptation job {job_id} was interrupted; marked failed", file=sys.stderr
-            )
+            logger.warning("adaptation job %s was interrupted; marked failed", job_id)
         for path in self.models_dir.glob(f"{STAGING_PREFIX}*"):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -119,7 +118,7 @@ class ServerState:
             try:
                 record = verify_model_dir(path)
             except RulebertError as err:
-                print(f"rulebert: warning: skipping {path.name}: {err}", file=sys.stderr)
+                logger.warning("skipping %s: %s", path.name, err)
                 continue
             if lineage_root(record) == root:
                 return path
@@ -198,7 +197,7 @@ class Jobs:
         try:
             self.state.jobs.save(snapshot)
         except Exception as err:  # noqa: BLE001 - a full disk must not kill the job: memory still has it
-            print(f"rulebert: warning: cannot record job {job.job}: {err}", file=sys.stderr)
+            logger.warning("cannot record job %s: %s", job.job, err)
 
     def _run(self, job: JobState, rules: list[StoredRule]) -> None:
         from rulebert.training.adapt import (

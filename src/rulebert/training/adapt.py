@@ -30,11 +30,11 @@ from rulebert.core.config import TrainConfig
 from rulebert.core.errors import RulebertError
 from rulebert.domain import data as D
 from rulebert.domain.rules import StoredRule, check_adaptable, example_frame
-from rulebert.model.integrity import lineage_root
 from rulebert.model.model_dir import (
     CALIBRATION_FILE,
     EMBEDDER_FILE,
     find_embedder,
+    lineage_root,
     read_metrics,
     read_onnx_record,
     record_onnx,

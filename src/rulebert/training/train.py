@@ -11,6 +11,7 @@ and nodes under ``torchrun`` / ``accelerate launch``, and it can resume from its
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,8 @@ from rulebert.training.checkpoints import (
     written_by_rulebert,
 )
 from rulebert.training.trainer import RowDataset, RulebertTrainer
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -277,7 +280,6 @@ def _write_validation_report(calibrated: CalibratedValidation, model_dir: Path) 
     The model is already saved and is the point of training, so a report that fails to draw is a warning,
     not an error (and leaves no partial report behind).
     """
-    import warnings
 
     write_predictions_csv(
         model_dir / PREDICTIONS_FILE,
@@ -289,20 +291,19 @@ def _write_validation_report(calibrated: CalibratedValidation, model_dir: Path) 
     try:
         write_model_report(model_dir)
     except Exception as err:  # any plotting failure: the model itself is fine
-        warnings.warn(f"{model_dir}: report.html not written ({err})", stacklevel=2)
+        logger.warning("%s: report.html not written (%s)", model_dir, err)
 
 
 def export_embedder_or_warn(model_dir: Path, base_model: str) -> None:
     """The base checkpoint's sentence embedder into the model dir, for rules scored with their examples.
     A failure is a warning: the model is saved, and examples are then learnt from TF-IDF alone."""
-    import warnings
 
     from rulebert.backend.export import export_embedder
 
     try:
         export_embedder(model_dir, base_model)
     except Exception as err:  # an exporter or quantiser problem must not lose a trained model
-        warnings.warn(f"{model_dir}: embedder not exported ({err})", stacklevel=2)
+        logger.warning("%s: embedder not exported (%s)", model_dir, err)
 
 
 def train_model(
@@ -418,7 +419,6 @@ def _export_int8(fit: FitResult, calibrated: CalibratedValidation, model_dir: Pa
     (the
     check is of the int8 copy's fidelity, not of generalisation). A failure is a warning: scoring then
     runs the torch model."""
-    import warnings
 
     from rulebert.backend.export import export_int8_checked
 
@@ -431,5 +431,5 @@ def _export_int8(fit: FitResult, calibrated: CalibratedValidation, model_dir: Pa
     try:
         return export_int8_checked(model_dir, features, scores, labels, rules)
     except Exception as err:  # an exporter or quantiser problem must not lose a trained model
-        warnings.warn(f"{model_dir}: model.int8.onnx not exported ({err})", stacklevel=2)
+        logger.warning("%s: model.int8.onnx not exported (%s)", model_dir, err)
         return {"written": False, "reason": " ".join(str(err).split())[:300]}
