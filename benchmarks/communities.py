@@ -446,7 +446,7 @@ def summarise(results: pd.DataFrame, rounds: int = 2000) -> pd.DataFrame:
                 "system": system,
                 "k": int(k),
                 "communities": len(per),
-                "seeds": group["seed"].nunique(),
+                "runs": len(group),
                 "auc": aucs.mean(),
                 "low": np.percentile(boot, 2.5),
                 "high": np.percentile(boot, 97.5),
@@ -461,13 +461,13 @@ def summarise(results: pd.DataFrame, rounds: int = 2000) -> pd.DataFrame:
 
 def markdown(summary: pd.DataFrame) -> str:
     lines = [
-        "| k | system | communities x seeds | column-averaged AUC [95% CI] | median acc | median prec | "
+        "| k | system | communities (runs) | column-averaged AUC [95% CI] | median acc | median prec | "
         "median recall | s / community |",
         "|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for row in summary.itertuples():
         lines.append(
-            f"| {row.k} | {row.system} | {row.communities} x {row.seeds} | **{row.auc:.3f}** "
+            f"| {row.k} | {row.system} | {row.communities} ({row.runs}) | **{row.auc:.3f}** "
             f"[{row.low:.3f}, {row.high:.3f}] | {row.accuracy:.3f} | {row.precision:.3f} | "
             f"{row.recall:.3f} | {row.seconds:.1f} |"
         )
@@ -495,7 +495,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         ax.axhline(group["auc"].iloc[0], linestyle=":", color="grey", label=f"{system} (no examples)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k removed + k kept comments labelled")
-    ax.set_ylabel("column-averaged AUC (64 communities)")
+    ax.set_ylabel("column-averaged AUC over communities")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -515,11 +515,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--summary", action="store_true", help="print the table of WORK/results.jsonl and stop"
     )
+    parser.add_argument(
+        "--paired", action="store_true", help="with --summary: only the runs every system has (e.g. setfit's)"
+    )
     parser.add_argument("--plot", type=Path, default=None, help="with --summary: draw AUC against k here")
     args = parser.parse_args(argv)
     if not args.summary:
         run(args)
     results = pd.read_json(args.work / "results.jsonl", lines=True)
+    if args.paired:  # only the (community, seed) runs that every system has, at every k it was run at
+        runs = results.groupby(["community", "seed"])["system"].nunique()
+        keep = runs[runs == results["system"].nunique()].index
+        results = results.set_index(["community", "seed"]).loc[keep].reset_index()
     summary = summarise(results)
     print(markdown(summary))
     (args.work / "summary.json").write_text(summary.to_json(orient="records", indent=1), encoding="utf-8")

@@ -57,7 +57,8 @@ def embed_all(communities: list, work: Path, cache: Path | None, cached_only: bo
             vectors=np.stack([known[t] for t in texts]),
         )
     blank = np.full(384, np.nan, dtype=np.float32)  # not embedded (--cached-only): never used as a row
-    return [np.stack([known.get(t, blank) for t in c.bodies]) for c in communities]
+    # examples are embedded stripped (RuleExamples.of), scored comments as they are
+    return [np.stack([known.get(t, known.get(t.strip(), blank)) for t in c.bodies]) for c in communities]
 
 
 def _lr(c: float) -> Callable:
@@ -131,7 +132,8 @@ def main() -> None:
 
         def covered(community: Any) -> bool:
             examples_of, scored = bench.split(community, args.seeds[0], args.ks)
-            return all(community.bodies[i] in saved for i in np.r_[examples_of[max(args.ks)], scored])
+            needed = np.r_[examples_of[max(args.ks)], scored]
+            return all(community.bodies[i] in saved or community.bodies[i].strip() in saved for i in needed)
 
         communities = [c for c in communities if covered(c)]
     vectors_of = embed_all(communities, args.work, args.cache, args.cached_only)
@@ -146,6 +148,7 @@ def main() -> None:
             scored_texts = [community.bodies[i] for i in scored]
             for k in args.ks:
                 chosen = examples_of[k]
+                chosen = chosen[np.isfinite(vectors[chosen]).all(axis=1)]  # what RuleExamples.of dropped
                 unlabelled = np.setdiff1d(np.arange(len(community.bodies)), np.r_[chosen, scored])
                 unlabelled = unlabelled[np.isfinite(vectors[unlabelled]).all(axis=1)]
                 texts = [community.bodies[i] for i in chosen]

@@ -58,7 +58,7 @@ def test_three_communities_run_and_stay_in_range(model_dir: Path, tmp_path: Path
     summary = json.loads((work / "summary.json").read_text())
     assert {(s["system"], s["k"]) for s in summary} == {(r["system"], r["k"]) for r in rows}
     for s in summary:
-        assert s["low"] <= s["auc"] <= s["high"]
+        assert s["low"] <= s["auc"] <= s["high"] and s["runs"] == 3
     assert (tmp_path / "k.png").stat().st_size > 1000
     # a second run finds every line done and adds none
     bench.main(argv)
