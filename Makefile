@@ -6,7 +6,7 @@ DATA   ?= ../shared/data/jigsaw-agile-community-rules
 OUT    ?= runs/competition
 RUN_ARGS ?=
 
-.PHONY: run test lint bench venv mpnet wheelhouse clean
+.PHONY: run test lint bench bench-communities venv mpnet wheelhouse clean
 
 # The venv is rebuilt when pyproject.toml or constraints.txt changes. pyproject.toml accepts any torch>=2.6;
 # constraints.txt pins torch==2.13.0 here: pip takes the CPU build from the local wheel folder instead of
@@ -43,6 +43,14 @@ lint: venv
 bench: venv
 	$(PY) benchmarks/bench_speed.py
 	$(PY) benchmarks/bench_e2e.py
+
+# 64 real communities (../shared/data/communities, evaluation only): the `make run` model learns each from k of
+# its moderators' decisions (docs/evaluation.md). CPU hours for every seed; COMMUNITIES_ARGS="--seeds 0" is ~40
+# min on 2 cores. SetFit as a system: pip install -e '.[bench]' and COMMUNITIES_ARGS="--systems setfit ...".
+COMMUNITIES_ARGS ?= --systems zero-shot,examples,tfidf
+bench-communities: venv
+	$(PY) benchmarks/communities.py --model-dir $(OUT)/model --work runs/communities $(COMMUNITIES_ARGS)
+	$(PY) benchmarks/communities.py --work runs/communities --summary --plot runs/communities/auc.png
 
 # For an offline Kaggle notebook, which has torch: rulebert's wheel and one wheel per dependency except torch
 # (and what only torch needs), at the versions installed in .venv (those the tests ran with). There:

@@ -74,7 +74,7 @@ def test_every_readme_command_parses_as_written(command):
 @pytest.fixture()
 def readme_folder(tiny_checkpoint, tmp_path):
     """A folder with what the README's score commands name: runs/model, rules.jsonl (the README's own
-    example rule), comments.csv / .jsonl and ads-examples.csv."""
+    example rule), comments.csv / .jsonl, ads-examples.csv, rulebook.txt and decisions.csv."""
     make_model_dir(tiny_checkpoint, tmp_path / "runs" / "model")
     rule = re.search(r"```json\n(\{.*?\})\n```", README.read_text(encoding="utf-8"), flags=re.S).group(1)
     (tmp_path / "rules.jsonl").write_text(json.dumps(json.loads(rule)) + "\n", encoding="utf-8")
@@ -83,6 +83,12 @@ def readme_folder(tiny_checkpoint, tmp_path):
     (tmp_path / "comments.jsonl").write_text("".join(json.dumps({"body": c}) + "\n" for c in COMMENTS))
     with open(tmp_path / "ads-examples.csv", "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([["text", "label"], [COMMENTS[0], 1], [COMMENTS[1], 0]])
+    # a community's rulebook and its moderators' decision log (the README's community section)
+    (tmp_path / "rulebook.txt").write_text(
+        "1. No spam: no selling.\n2. Be civil: no insults.\n", encoding="utf-8"
+    )
+    with open(tmp_path / "decisions.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["body", "removed"], [COMMENTS[0], 1], [COMMENTS[1], 0]])
     return tmp_path
 
 
