@@ -126,13 +126,13 @@ class Memo:
             self._embed_texts = scorer._embedder.embed_texts
             scorer._embedder.embed_texts = self.embed_texts
 
-    def predict(self, features: list[dict[str, list[int]]], progress: bool = False) -> np.ndarray:
+    def predict(self, features: list[dict[str, list[int]]], **options: Any) -> np.ndarray:
         keys = [tuple(f["input_ids"]) for f in features]
         first = {key: i for i, key in reversed(list(enumerate(keys)))}
         todo = [key for key in first if key not in self._scores]
         if todo:
             started = time.perf_counter()
-            fresh = self._predict([features[first[key]] for key in todo])
+            fresh = self._predict([features[first[key]] for key in todo], **options)
             self.seconds += time.perf_counter() - started
             self._scores.update({key: float(s) for key, s in zip(todo, fresh, strict=True)})
         return np.array([self._scores[key] for key in keys], dtype=np.float32)
