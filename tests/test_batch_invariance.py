@@ -11,6 +11,8 @@ one code by one step. Measured: exactly 0 here and on MiniLM (train.csv comments
 graph differed by 2.8e-4 (scores) and 9e-5 (embedder vectors) on this tiny model, 0.25 on MiniLM.
 """
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -77,9 +79,9 @@ def test_scores_learnt_from_examples_do_not_depend_on_the_batch(model_dir, tiny_
     scorer = Scorer(model_dir, device="cpu")
     assert scorer.has_embedder
     examples = {"positive": ["buy cheap now", "click for a discount"], "negative": ["nice movie", "my dog"]}
-    alone = np.array([scorer.predict((RULE, b), examples)[0] for b in BODIES])
+    alone = np.array([scorer.predict((RULE, b), examples=examples)[0] for b in BODIES])
     for batch in _compositions(len(BODIES)):
-        scored = scorer.predict([(RULE, BODIES[i]) for i in batch], examples)
+        scored = scorer.predict([(RULE, BODIES[i]) for i in batch], examples=examples)
         np.testing.assert_allclose(scored, alone[batch], rtol=0, atol=BOUND)
 
 
@@ -107,7 +109,7 @@ def test_export_check_refuses_a_file_whose_scores_depend_on_the_batch(model_dir,
         assert not kept and "alone and in a batch" in why and check["alone_vs_batched"] > 1e-5
 
 
-def test_an_older_per_batch_file_is_quantised_per_token_as_it_loads(model_dir, capsys):
+def test_an_older_per_batch_file_is_quantised_per_token_as_it_loads(model_dir, caplog):
     """A model dir exported before per-token scales: its file stays (its hash is the recorded one), the
     scorer rewrites the graph in memory, and says so."""
     from rulebert.backend.export import int8_variant_file
@@ -123,7 +125,8 @@ def test_an_older_per_batch_file_is_quantised_per_token_as_it_loads(model_dir, c
     }
     record_onnx(model_dir, path, entry)
     features = Scorer(model_dir, backend="torch").encode(BODIES, [RULE] * len(BODIES))
-    older = OnnxBackend(path).predict(features)
-    assert "one activation scale per batch" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="rulebert"):  # the CLI shows it as "rulebert: note: ..."
+        older = OnnxBackend(path).predict(features)
+    assert "one activation scale per batch" in caplog.text
     alone = np.array([OnnxBackend(path).predict([f])[0] for f in features])
     np.testing.assert_allclose(older, alone, rtol=0, atol=BOUND)

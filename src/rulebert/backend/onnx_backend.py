@@ -5,6 +5,7 @@ the sentence embedder a rule's examples are learnt with."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ import numpy as np
 
 from rulebert.backend.batching import Features, batch_limits, run_batches, violation_probability
 from rulebert.backend.device import physical_cores
+
+logger = logging.getLogger(__name__)
 
 # The order of BertForSequenceClassification.forward's arguments: ONNX inputs are named in this order.
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
@@ -73,7 +76,6 @@ def _per_token_source(path: Path) -> str | bytes:
     exported before activations were quantised per token (its scores depended on the batch), the file's
     graph rewritten to per-token scales in memory (:mod:`rulebert.backend.rowquant`; 0.12 s for MiniLM).
     The file is left as it is (its hash stays the recorded one); ``rulebert export --int8`` rewrites it."""
-    import sys
 
     from rulebert.backend.rowquant import ACTIVATIONS, per_token_activations
     from rulebert.core.errors import RulebertError
@@ -91,14 +93,13 @@ def _per_token_source(path: Path) -> str | bytes:
     try:
         rewritten = per_token_activations(model)
     except ValueError as error:  # a graph of another shape: scored as it is, batch-dependent, and said so
-        print(f"rulebert: warning: {path.name}: scores may depend on their batch ({error})", file=sys.stderr)
+        logger.warning("%s: scores may depend on their batch (%s)", path.name, error)
         return str(path)
     if rewritten:
-        print(
-            f"rulebert: note: {path.name} has one activation scale per batch (an older export); quantising "
-            f"per token as it loads, so a score does not depend on its batch (`rulebert export --int8` "
-            f"rewrites the file)",
-            file=sys.stderr,
+        logger.info(
+            "note: %s has one activation scale per batch (an older export); quantising per token as it "
+            "loads, so a score does not depend on its batch (`rulebert export --int8` rewrites the file)",
+            path.name,
         )
     return model.SerializeToString()
 
