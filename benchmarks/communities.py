@@ -313,36 +313,12 @@ def run(args: argparse.Namespace) -> None:
                             mode=",".join(modes),
                         )
                     )
-                if "tfidf" in systems and ("tfidf", community.name, seed, k) not in done:
-                    started = time.perf_counter()
-                    probability = tfidf_scores(texts, labels, scored_texts, seed)
-                    write(
-                        line_of(
-                            "tfidf",
-                            community,
-                            seed,
-                            k,
-                            scored,
-                            probability,
-                            0.5,
-                            time.perf_counter() - started,
-                        )
-                    )
-                if "setfit" in systems and ("setfit", community.name, seed, k) not in done:
-                    started = time.perf_counter()
-                    probability = setfit_scores(texts, labels, scored_texts, seed)
-                    write(
-                        line_of(
-                            "setfit",
-                            community,
-                            seed,
-                            k,
-                            scored,
-                            probability,
-                            0.5,
-                            time.perf_counter() - started,
-                        )
-                    )
+                for peer, fit in (("tfidf", tfidf_scores), ("setfit", setfit_scores)):
+                    if peer in systems and (peer, community.name, seed, k) not in done:
+                        started = time.perf_counter()
+                        probability = fit(texts, labels, scored_texts, seed)
+                        seconds = time.perf_counter() - started
+                        write(line_of(peer, community, seed, k, scored, probability, 0.5, seconds))
     if memo is not None:
         memo.save_vectors(args.work / "embeddings.npz")
     if "adapt" in systems:

@@ -11,13 +11,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from rulebert.core.errors import RulebertError
-from rulebert.core.files import create_private
+from rulebert.server.rule_store import connect, open_database
 
 INTERRUPTED = "interrupted: the server stopped while the job ran; start it again"
 KEEP_JOBS = 100  # finished jobs remembered, newest first
@@ -28,25 +26,15 @@ class JobStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        create_private(self.path)
-        try:
-            with self._connect() as connection:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute(
-                    "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
-                    "body TEXT NOT NULL, created REAL NOT NULL)"
-                )
-        except sqlite3.DatabaseError as err:
-            raise RulebertError(f"{self.path}: not a usable jobs database ({err})") from None
+        open_database(
+            self.path,
+            "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+            "body TEXT NOT NULL, created REAL NOT NULL)",
+            "jobs",
+        )
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.path, timeout=30)
-        try:
-            with connection:  # commits, or rolls back on an error
-                yield connection
-        finally:
-            connection.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path)
 
     def save(self, job: dict[str, Any]) -> None:
         with self._connect() as connection:

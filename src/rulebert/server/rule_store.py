@@ -12,12 +12,34 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import create_private
 from rulebert.domain.rules import StoredRule, check_rule_id, rule_from_json
+
+
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to a state-dir SQLite file: committed, or rolled back on an error, then closed."""
+    connection = sqlite3.connect(path, timeout=30)
+    try:
+        with connection:
+            yield connection
+    finally:
+        connection.close()
+
+
+def open_database(path: Path, create_table: str, what: str) -> None:
+    """Create (owner only, WAL) or check an SQLite file of the state dir and its table."""
+    create_private(path)
+    try:
+        with connect(path) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(create_table)
+    except sqlite3.DatabaseError as err:
+        raise RulebertError(f"{path}: not a usable {what} database ({err})") from None
 
 
 class RuleStore:
@@ -31,24 +53,14 @@ class RuleStore:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        create_private(self.path)  # owner only: moderators' rules and examples
-        try:
-            with self._connect() as connection:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute(
-                    "CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL)"
-                )
-        except sqlite3.DatabaseError as err:
-            raise RulebertError(f"{self.path}: not a usable rules database ({err})") from None
+        open_database(  # owner only: moderators' rules and examples
+            self.path,
+            "CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL)",
+            "rules",
+        )
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.path, timeout=30)
-        try:
-            with connection:  # commits, or rolls back on an error
-                yield connection
-        finally:
-            connection.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path)
 
     @staticmethod
     def _row(rule_id: str, body: str, updated: float) -> StoredRule:
