@@ -55,6 +55,7 @@ DATA = Path(
 )
 SYSTEMS = ("zero-shot", "examples", "tfidf", "setfit", "adapt")
 MAX_SCORED = 200
+SPLIT_K = 128  # the largest k of the protocol: the scored rows are those left after its examples
 
 
 @dataclass
@@ -101,7 +102,7 @@ def load_communities(data: Path, limit: int | None = None, names: Sequence[str] 
 def split(community: Community, seed: int, ks: Sequence[int]) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """({k: example indices}, scored indices) for one seed: scored fixed across k, examples nested."""
     rng = np.random.default_rng([seed, sum(community.name.encode())])
-    biggest = max(ks)
+    biggest = max(*ks, SPLIT_K)  # a run of some k only (--ks 8,32) scores the same rows as a full one
     pools, scored = [], []
     for label in (1, 0):
         idx = rng.permutation(np.flatnonzero(community.labels == label))
