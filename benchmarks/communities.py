@@ -492,6 +492,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
     parser.add_argument("--systems", default="zero-shot,examples,tfidf")
     parser.add_argument(
+        "--adapt-per",
+        choices=("all", "community"),
+        default="community",
+        help="adapt: one adaptation per community, or one over every community's examples",
+    )
+    parser.add_argument(
         "--summary", action="store_true", help="print the table of WORK/results.jsonl and stop"
     )
     parser.add_argument(
