@@ -201,14 +201,15 @@ def line_of(
     k: int,
     scored: np.ndarray,
     probability: np.ndarray,
-    threshold: float,
+    flagged: np.ndarray,
     seconds: float,
     **extra: Any,
 ) -> dict[str, Any]:
+    """One result line: AUC of ``probability``, accuracy / precision / recall of ``flagged``."""
     from sklearn.metrics import roc_auc_score
 
     labels = community.labels[scored]
-    flagged = np.asarray(probability) >= threshold
+    flagged = np.asarray(flagged, dtype=bool)
     hits = int((flagged & (labels == 1)).sum())
     return {
         "system": system,
@@ -223,6 +224,16 @@ def line_of(
         "seconds": round(seconds, 3),
         **extra,
     }
+
+
+def product_scores(
+    scorer: Any, rule: str, texts: list[str], examples: dict[str, list[str]] | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(probability, flagged, mode) as the product answers: ``Scorer.predict`` with details."""
+    details = scorer.predict([(rule, t) for t in texts], examples=examples, details=True)
+    probability = np.array([d["probability"] for d in details])
+    flagged = np.array([d["flagged"] for d in details])
+    return probability, flagged, ",".join(sorted({d["mode"] for d in details}))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -259,67 +270,46 @@ def run(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             examples_of, scored = split(community, seed, args.ks)
             scored_texts = [community.bodies[i] for i in scored]
-            if "zero-shot" in systems and ("zero-shot", community.name, seed, 0) not in done:
-                before, started = memo.seconds, time.perf_counter()
-                details = scorer.predict([(community.rulebook, t) for t in scored_texts], details=True)
-                probability = np.array([d["probability"] for d in details])
-                threshold = (
-                    scorer.flag_threshold("zero-shot")
-                    if hasattr(scorer, "flag_threshold")
-                    else scorer.threshold
-                )
-                write(
-                    line_of(
-                        "zero-shot",
-                        community,
-                        seed,
-                        0,
-                        scored,
-                        probability,
-                        threshold,
-                        time.perf_counter() - started,
-                        encode_s=round(memo.seconds - before, 3),
-                    )
-                )
-            for k in args.ks:
-                chosen = examples_of[k]
-                texts, labels = [community.bodies[i] for i in chosen], community.labels[chosen]
-                positive = [t for t, y in zip(texts, labels, strict=True) if y == 1]
-                negative = [t for t, y in zip(texts, labels, strict=True) if y == 0]
-                if "examples" in systems and ("examples", community.name, seed, k) not in done:
+            # the product's systems: zero-shot (k = 0, no examples) and mode examples at each k
+            product_runs = [("zero-shot", 0, None)] + [("examples", k, examples_of[k]) for k in args.ks]
+            for system, k, chosen in product_runs:
+                if system in systems and (system, community.name, seed, k) not in done:
+                    given = None
+                    if chosen is not None:
+                        given = {
+                            "positive": [community.bodies[i] for i in chosen if community.labels[i] == 1],
+                            "negative": [community.bodies[i] for i in chosen if community.labels[i] == 0],
+                        }
                     before, started = memo.seconds, time.perf_counter()
-                    details = scorer.predict(
-                        [(community.rulebook, t) for t in scored_texts],
-                        examples={"positive": positive, "negative": negative},
-                        details=True,
+                    probability, flagged, mode = product_scores(
+                        scorer, community.rulebook, scored_texts, given
                     )
-                    probability = np.array([d["probability"] for d in details])
-                    modes = sorted({d["mode"] for d in details})
-                    threshold = (
-                        scorer.flag_threshold(modes[0])
-                        if hasattr(scorer, "flag_threshold")
-                        else scorer.threshold
-                    )
+                    seconds = time.perf_counter() - started
+                    encode_s = round(memo.seconds - before, 3)
                     write(
                         line_of(
-                            "examples",
+                            system,
                             community,
                             seed,
                             k,
                             scored,
                             probability,
-                            threshold,
-                            time.perf_counter() - started,
-                            encode_s=round(memo.seconds - before, 3),
-                            mode=",".join(modes),
+                            flagged,
+                            seconds,
+                            encode_s=encode_s,
+                            mode=mode,
                         )
                     )
+            for k in args.ks:
+                chosen = examples_of[k]
+                texts, labels = [community.bodies[i] for i in chosen], community.labels[chosen]
                 for peer, fit in (("tfidf", tfidf_scores), ("setfit", setfit_scores)):
                     if peer in systems and (peer, community.name, seed, k) not in done:
                         started = time.perf_counter()
                         probability = fit(texts, labels, scored_texts, seed)
                         seconds = time.perf_counter() - started
-                        write(line_of(peer, community, seed, k, scored, probability, 0.5, seconds))
+                        flagged = probability >= 0.5
+                        write(line_of(peer, community, seed, k, scored, probability, flagged, seconds))
     if memo is not None:
         memo.save_vectors(args.work / "embeddings.npz")
     if "adapt" in systems:
@@ -351,16 +341,6 @@ def run_adapt(args: argparse.Namespace, communities: list[Community], done: set,
             adapt_model(args.model_dir, rules, target, overwrite=True, progress=False, export_int8=False)
         return Scorer(target), time.perf_counter() - started
 
-    def score(
-        scorer: Scorer, community: Community, rule: StoredRule, scored: np.ndarray
-    ) -> tuple[np.ndarray, str]:
-        details = scorer.predict(
-            [(rule.text, community.bodies[i]) for i in scored],
-            examples={"positive": list(rule.positive_examples), "negative": list(rule.negative_examples)},
-            details=True,
-        )
-        return np.array([d["probability"] for d in details]), details[0]["mode"]
-
     for seed in args.seeds:
         for k in args.ks:
             todo = [c for c in communities if ("adapt", c.name, seed, k) not in done]
@@ -382,25 +362,16 @@ def run_adapt(args: argparse.Namespace, communities: list[Community], done: set,
                     )
                 started = time.perf_counter()
                 scored = splits[community.name][1]
-                probability, mode = score(scorer, community, rules[community.name], scored)
-                threshold = (
-                    scorer.flag_threshold(mode) if hasattr(scorer, "flag_threshold") else scorer.threshold
-                )
-                write(
-                    line_of(
-                        "adapt",
-                        community,
-                        seed,
-                        k,
-                        scored,
-                        probability,
-                        threshold,
-                        time.perf_counter() - started + per_community,
-                        adapt_s=round(per_community, 1),
-                        mode=mode,
-                        adapt_per=args.adapt_per,
-                    )
-                )
+                rule = rules[community.name]
+                examples = {
+                    "positive": list(rule.positive_examples),
+                    "negative": list(rule.negative_examples),
+                }
+                texts = [community.bodies[i] for i in scored]
+                probability, flagged, mode = product_scores(scorer, rule.text, texts, examples)
+                seconds = time.perf_counter() - started + per_community
+                extra = {"adapt_s": round(per_community, 1), "mode": mode, "adapt_per": args.adapt_per}
+                write(line_of("adapt", community, seed, k, scored, probability, flagged, seconds, **extra))
 
 
 def summarise(results: pd.DataFrame, rounds: int = 2000) -> pd.DataFrame:
