@@ -140,6 +140,7 @@ def test_predict_takes_pairs_like_a_cross_encoder(trained):
     # model's threshold, which was chosen on the training rules' scores
     assert scorer.flag_threshold("examples") == 0.5 and scorer.flag_threshold("zero-shot") == scorer.threshold
     assert one[0]["flagged"] == (one[0]["probability"] >= 0.5)
+    assert one[0]["threshold"] == 0.5
     many = scorer.predict(
         [(MEDICAL, "a"), (next(iter(RULES)), "buy cheap http")], examples={MEDICAL: examples}
     )

@@ -199,7 +199,13 @@ class Scorer:
         if not details:
             return result["probability"]
         return [
-            {"probability": float(p), "flagged": bool(p >= self.flag_threshold(m)), "mode": m, "evidence": e}
+            {
+                "probability": float(p),
+                "flagged": bool(p >= self.flag_threshold(m)),
+                "threshold": self.flag_threshold(m),  # where flagged starts (as /v1/score says)
+                "mode": m,
+                "evidence": e,
+            }
             for p, m, e in zip(result["probability"], result["mode"], result["evidence"], strict=True)
         ]
 
