@@ -157,20 +157,13 @@ class Memo:
 
 
 def tfidf_scores(texts: list[str], labels: np.ndarray, scored: list[str], seed: int) -> np.ndarray:
-    from scipy.sparse import hstack
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+    """The TF-IDF + LR baseline as ``rulebert evaluate`` runs it (``domain.examples.tfidf_scorer``); ``seed``
+    is unused (lbfgs is deterministic), kept so every peer has one signature."""
+    from scipy.special import expit
 
-    vectorizers = [
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(texts),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True).fit(texts),
-    ]
+    from rulebert.domain.examples import tfidf_scorer
 
-    def features(values: list[str]) -> Any:
-        return hstack([v.transform(values) for v in vectorizers]).tocsr()
-
-    model = LogisticRegression(C=1.0, max_iter=3000, random_state=seed).fit(features(texts), labels)
-    return model.predict_proba(features(scored))[:, 1]
+    return expit(tfidf_scorer(texts, np.asarray(labels), max_iter=3000)(scored))
 
 
 def setfit_scores(texts: list[str], labels: np.ndarray, scored: list[str], seed: int) -> np.ndarray:

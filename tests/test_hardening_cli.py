@@ -172,7 +172,8 @@ def test_a_failed_run_leaves_no_folder_it_created(model_dir, tmp_path):
         output,
         "--no-progress",
     )
-    assert code == 0, err and output.is_file()
+    assert code == 0, err
+    assert output.is_file()
 
 
 # --- 7. modes ---------------------------------------------------------------------------------------------
