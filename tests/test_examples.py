@@ -274,3 +274,30 @@ def test_examples_without_words_still_fit_and_score(trained):
         model = ExampleModel.fit(examples, np.full(len(examples.texts), 0.5), trained=trained)
         scores = model.score(['"', "hello there", "b"], np.array([0.2, 0.5, 0.9]))
         assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+def test_a_scoring_call_embeds_each_distinct_text_once_and_the_memo_changes_no_score(trained, monkeypatch):
+    """A competition file's comments are often its example cells: one call embeds each text once (by text
+    stripped), and the scores equal those of embedding every list on its own."""
+    scorer = Scorer(trained)
+    examples = medical_examples(8)
+    new = [" " + examples.positive[0] + " ", examples.negative[0], *comments(DOSES + CHAT, 6, seed=21)]
+    n = len(new)
+    kwargs = {"positive_examples": [examples.positive] * n, "negative_examples": [examples.negative] * n}
+    scorer._embed(["load the embedder"])
+    embedder, seen = scorer._embedder, []
+    original = embedder.embed_texts
+
+    def counting(texts, max_length):
+        seen.extend(texts)
+        return original(texts, max_length)
+
+    embedder.embed_texts = counting
+    memoised = scorer.score(new, [MEDICAL] * n, **kwargs)
+    assert len(seen) == len({t.strip() for t in [*examples.texts, *new]}) == len(set(seen))
+
+    import rulebert.inference.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "_EmbeddingMemo", lambda embed: embed)  # each list on its own
+    plain = Scorer(trained).score(new, [MEDICAL] * n, **kwargs)
+    assert np.allclose(memoised, plain, atol=1e-6)

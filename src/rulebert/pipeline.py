@@ -24,7 +24,6 @@ from rulebert.domain.examples import RuleExamples
 from rulebert.inference.predict import Scorer
 from rulebert.model.model_dir import REPORT_FILE as MODEL_REPORT_FILE
 from rulebert.model.report import write_markdown_report
-from rulebert.training.train import train_model
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +53,10 @@ def run_competition(
     for path in (train_path, test_path):
         if not path.is_file():
             raise RulebertError(f"{path}: file not found (is --data-dir the competition folder?)")
+    # Imported here: training loads torch and transformers (4.5 s of imports), which `rulebert predict`
+    # (predict_file, int8 ONNX) never uses.
+    from rulebert.training.train import train_model
+
     result = train_model(
         config,
         train_path,

@@ -303,6 +303,7 @@ class Scorer:
         evidence: list[dict[str, Any] | None] = [None] * n
         if groups:  # per-rule probabilities are float64; without examples the backend's dtype stays
             probability = probability.astype(np.float64)
+        embed = _EmbeddingMemo(self._embed)
         for key, rows in groups.items():
             rule, examples = examples_of[key]
             texts = [bodies[i] for i in rows]
@@ -313,7 +314,7 @@ class Scorer:
                 score_examples=lambda values, rule=rule: self.runtime.predict(
                     self.encode(values, [rule] * len(values)), batch_size=batch_size
                 ),
-                embed=self._embed,
+                embed=embed,
                 trained=normalize_rule(rule) in self.trained_rules,
                 fitted=self._example_models.get(key),
             )
@@ -334,6 +335,29 @@ class Scorer:
         if self._embedder is None:
             self._embedder = OnnxEmbedder(self._embedder_path, threads=self._threads)
         return self._embedder.embed_texts(texts, self.config.max_length)
+
+
+class _EmbeddingMemo:
+    """An embedder's vectors memoised for one scoring call, by text stripped (the tokenizer drops the
+    surrounding spaces, so the vector is the same). A competition test file's comments are often its other
+    rows' example cells (996 of train.csv's 1,873 distinct comments are example cells of their rule): each
+    text is embedded once per call. The embedder's int8 graph quantises per token (issue 26), so a vector
+    does not depend on its batch and the memo changes no score."""
+
+    def __init__(self, embed: Any) -> None:
+        self._embed, self._vectors = embed, {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray | None:
+        keys = [t.strip() for t in texts]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._vectors))
+        if todo:
+            fresh = self._embed(todo)
+            if fresh is None:
+                return None
+            self._vectors.update(zip(todo, fresh, strict=True))
+        if not keys:
+            return self._embed([])
+        return np.stack([self._vectors[k] for k in keys])
 
 
 def _examples_for(examples: RuleExamples | dict[str, Any] | None, rule: str) -> RuleExamples:
