@@ -145,6 +145,8 @@ def variant_scores(
     if name.startswith("self-c"):  # one round of self-training on the community's unlabelled comments
         c = float(name[6:])
         fit = _lr(c)(vectors, labels)
+        if not len(pool_vectors):  # every comment is an example or scored: nothing unlabelled left
+            return fit(scored_vectors)
         pseudo = fit(pool_vectors)
         keep = np.argsort(np.abs(pseudo))[-min(len(pseudo), 4 * len(labels)) :]
         x = np.vstack([vectors, pool_vectors[keep]])
@@ -154,7 +156,7 @@ def variant_scores(
         return model.decision_function(scored_vectors)
     if name.startswith("centered-c"):  # embeddings centred on the community's own mean (unlabelled)
         c = float(name[10:])
-        mean = pool_vectors.mean(0)
+        mean = pool_vectors.mean(0) if len(pool_vectors) else vectors.mean(0)
         return _lr(c)(vectors - mean, labels)(scored_vectors - mean)
     raise SystemExit(f"unknown variant {name}")
 
