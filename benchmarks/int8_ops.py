@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from rulebert.backend.device import physical_cores
-from rulebert.backend.onnx_backend import OnnxBackend, _per_token_source
+from rulebert.backend.onnx_backend import OnnxBackend, _session_source
 from rulebert.domain.data import default_data_dir
 from rulebert.domain.text import encode_texts
 
@@ -53,7 +53,7 @@ def profiled(path: Path, threads: int) -> object:
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    return ort.InferenceSession(_per_token_source(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(_session_source(path), options, providers=["CPUExecutionProvider"])
 
 
 def by_family(trace_path: str) -> tuple[dict[str, float], dict[str, float]]:

@@ -38,7 +38,7 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or physical_cores()
         options.inter_op_num_threads = 1
-        source = _per_token_source(self.path)
+        source = _session_source(self.path)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = (
@@ -71,36 +71,39 @@ class OnnxBackend:
         return run_batches(features, run, max_tokens=max_tokens, max_rows=max_rows, progress=progress)
 
 
-def _per_token_source(path: Path) -> str | bytes:
-    """What to open for ``path``: the file itself, or, for an int8 file that ``onnx.json`` records as
-    exported before activations were quantised per token (its scores depended on the batch), the file's
-    graph rewritten to per-token scales in memory (:mod:`rulebert.backend.rowquant`; 0.12 s for MiniLM).
-    The file is left as it is (its hash stays the recorded one); ``rulebert export --int8`` rewrites it."""
+def _session_source(path: Path) -> bytes:
+    """The graph ONNX Runtime opens for ``path``: the file's, with the work it does several times or for
+    nothing removed (:mod:`rulebert.backend.graph_dedupe`: the attention mask once instead of once per layer;
+    scores unchanged), and, for an int8 file that ``onnx.json`` records as exported before activations were
+    quantised per token (its scores depended on the batch), rewritten to per-token scales
+    (:mod:`rulebert.backend.rowquant`). In memory (~0.1 s for MiniLM): the file is left as it is, so its
+    hash stays the recorded one; ``rulebert export --int8`` rewrites an old file."""
+    import onnx
 
+    from rulebert.backend.graph_dedupe import drop_repeated_work
     from rulebert.backend.rowquant import ACTIVATIONS, per_token_activations
     from rulebert.core.errors import RulebertError
     from rulebert.model.model_dir import read_onnx_record
 
+    model = onnx.load(str(path))
     try:
         entry = read_onnx_record(path.parent).get(path.name) or {}
     except RulebertError:
         entry = {}
-    if not entry.get("int8") or ACTIVATIONS in str(entry.get("quantization") or ""):
-        return str(path)
-    import onnx
-
-    model = onnx.load(str(path))
-    try:
-        rewritten = per_token_activations(model)
-    except ValueError as error:  # a graph of another shape: scored as it is, batch-dependent, and said so
-        logger.warning("%s: scores may depend on their batch (%s)", path.name, error)
-        return str(path)
-    if rewritten:
-        logger.info(
-            "note: %s has one activation scale per batch (an older export); quantising per token as it "
-            "loads, so a score does not depend on its batch (`rulebert export --int8` rewrites the file)",
-            path.name,
-        )
+    if entry.get("int8") and ACTIVATIONS not in str(entry.get("quantization") or ""):
+        try:
+            rewritten = per_token_activations(model)
+        except ValueError as error:  # a graph of another shape: scored as it is, batch-dependent, said so
+            logger.warning("%s: scores may depend on their batch (%s)", path.name, error)
+            rewritten = 0
+        if rewritten:
+            logger.info(
+                "note: %s has one activation scale per batch (an older export); quantising per token as "
+                "it loads, so a score does not depend on its batch (`rulebert export --int8` rewrites the "
+                "file)",
+                path.name,
+            )
+    drop_repeated_work(model)
     return model.SerializeToString()
 
 
