@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from rulebert.backend.device import physical_cores
-from rulebert.backend.onnx_backend import OnnxBackend, _session_source
+from rulebert.backend.onnx_backend import OnnxEmbedder, _session_source
 from rulebert.domain.data import default_data_dir
 from rulebert.domain.text import encode_texts
+from rulebert.inference.predict import Scorer
 
 QUANTISE = "per-token activation quantisation (Reduce, Max, Neg, Div, QuantizeLinear, Mul)"
 FAMILIES = {
@@ -113,26 +114,20 @@ def main() -> None:
         path = args.model_dir / file
         if not path.is_file():
             continue
-        backend = OnnxBackend(path, threads=args.threads)  # tokenizer, batches and inputs as predict's
+        # opened as predict opens it (tokenizer, batches, inputs), then its session swapped for a profiled one
         session = profiled(path, args.threads)
-        backend.session = session
         if file == "model.int8.onnx":
-            from rulebert.inference.predict import Scorer
-
-            scorer = Scorer(args.model_dir)
-            columns = (frame[c].tolist() for c in ("body", "rule", "subreddit"))
-            features = scorer.encode(*columns)
+            scorer = Scorer(args.model_dir, threads=args.threads)
+            scorer.runtime.session = session
+            features = scorer.encode(*(frame[c].tolist() for c in ("body", "rule", "subreddit")))
+            run = scorer.runtime.predict
         else:
-            features = encode_texts(backend.tokenizer, frame["body"].tolist(), 256)
+            embedder = OnnxEmbedder(path, threads=args.threads)
+            embedder.backend.session = session
+            features = encode_texts(embedder.tokenizer, frame["body"].tolist(), 256)
+            run = embedder.embed
         started = time.perf_counter()
-        if file == "model.int8.onnx":
-            backend.predict(features)
-        else:
-            from rulebert.backend.onnx_backend import OnnxEmbedder
-
-            embedder = OnnxEmbedder.__new__(OnnxEmbedder)
-            embedder.backend, embedder.tokenizer = backend, backend.tokenizer
-            embedder.embed(features)
+        run(features)
         wall = time.perf_counter() - started
         families, ops = by_family(session.end_profiling())
         total = sum(families.values())
