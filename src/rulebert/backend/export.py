@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 from rulebert.backend.onnx_backend import INPUT_ORDER
 from rulebert.backend.rowquant import ACTIVATIONS
+from rulebert.core.files import sha256_file, write_json_atomic
 from rulebert.model.model_dir import load_model_dir, onnx_path, record_onnx
 
 OPSET = 17
@@ -183,21 +185,27 @@ def export_onnx(model_dir: str | os.PathLike, *, int8: bool = False, keep_fp32: 
 
 
 def export_embedder(model_dir: str | os.PathLike, checkpoint: str) -> Path:
-    """Write the base checkpoint's encoder as a sentence embedder (mean pooling over the attention mask,
-    unit length; what sentence-transformers' MiniLM does) to ``embedder.int8.onnx`` in the model dir.
+    """Write ``checkpoint``'s encoder as a sentence embedder (mean pooling over the attention mask, unit
+    length; what sentence-transformers' MiniLM and mpnet do), int8, with its own tokenizer, to
+    ``embedder/`` in the model dir; record it in ``onnx.json`` (the tokenizer files' hashes too).
 
-    The base checkpoint, not the fine-tuned model: fine-tuning a cross-encoder on other rules bends its
-    space away from general similarity (request-time protocol: 0.632 vs 0.679 AUC, docs/evaluation.md).
+    By default the base checkpoint, not the fine-tuned model: fine-tuning a cross-encoder on other rules bends
+    its space away from general similarity (request-time protocol: 0.632 vs 0.679 AUC, docs/evaluation.md).
+    Any other checkpoint may embed (``--embedder``): it is never fine-tuned, so its tokenizer need not be the
+    classifier's. A former embedder (``embedder/``, or a top-level one from older model dirs) is replaced.
     """
+    import inspect
+
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     from rulebert.model.backbones import from_pretrained_safely
-    from rulebert.model.model_dir import EMBEDDER_FILE
+    from rulebert.model.model_dir import EMBEDDER_DIR, EMBEDDER_FILE, ONNX_RECORD, read_onnx_record
 
     model_dir = Path(model_dir)
     encoder = from_pretrained_safely(AutoModel, checkpoint, dtype=torch.float32).eval()
-    tokenizer = from_pretrained_safely(AutoTokenizer, str(model_dir))
+    tokenizer = from_pretrained_safely(AutoTokenizer, checkpoint)
+    takes_types = "token_type_ids" in inspect.signature(encoder.forward).parameters  # MPNet has none
 
     class MeanPooled(torch.nn.Module):
         def __init__(self) -> None:
@@ -205,18 +213,38 @@ def export_embedder(model_dir: str | os.PathLike, checkpoint: str) -> Path:
             self.encoder = encoder
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-            hidden = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+            types = {"token_type_ids": token_type_ids} if takes_types and token_type_ids is not None else {}
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **types)
+            hidden = hidden.last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
 
     sample = tokenizer(["a comment", "a longer comment here"], padding=True)
-    target = model_dir / EMBEDDER_FILE
-    names = _write_onnx(MeanPooled(), sample, target, "embedding", int8=True)
+    if not takes_types:
+        sample.pop("token_type_ids", None)
+    folder = model_dir / EMBEDDER_DIR
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".embedder-") as staging:
+        staged = Path(staging) / EMBEDDER_DIR
+        staged.mkdir()
+        tokenizer.save_pretrained(staged)
+        names = _write_onnx(MeanPooled(), sample, staged / EMBEDDER_FILE, "embedding", int8=True)
+        hashes = {f.name: sha256_file(f) for f in sorted(staged.iterdir()) if f.name != EMBEDDER_FILE}
+        # onnx.json forgets the old embedder first, then the new folder replaces it whole, then is recorded:
+        # a crash in between leaves no embedder (examples fall back to TF-IDF), never a mismatched one
+        record = read_onnx_record(model_dir)
+        for name in (f"{EMBEDDER_DIR}/{EMBEDDER_FILE}", EMBEDDER_FILE):
+            record.pop(name, None)
+        write_json_atomic(model_dir / ONNX_RECORD, record)
+        for old in (folder, model_dir / EMBEDDER_FILE):
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        os.replace(staged, folder)
+    target = folder / EMBEDDER_FILE
     entry = {"role": "embedder", "source": checkpoint, "int8": True, "quantization": ACTIVATIONS}
-    record_onnx(model_dir, target, entry | {"opset": OPSET, "inputs": names})
+    record_onnx(model_dir, target, entry | {"opset": OPSET, "inputs": names, "tokenizer_sha256": hashes})
     return target
 
 

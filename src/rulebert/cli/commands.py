@@ -107,8 +107,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from rulebert.backend.export import export_onnx
+    from rulebert.backend.export import export_embedder, export_onnx
+    from rulebert.model.backbones import resolve_checkpoint
+    from rulebert.model.model_dir import verify_model_dir
 
+    if args.embedder is not None:  # the embedder alone: the classifier and its files are left as they are
+        verify_model_dir(args.model_dir)
+        path = export_embedder(args.model_dir, resolve_checkpoint(args.embedder))
+        print(f"wrote {path} (recorded in {path.parents[1] / 'onnx.json'})", file=sys.stderr)
+        return 0
     path = export_onnx(args.model_dir, int8=args.int8)
     print(f"wrote {path} (recorded in {path.parent / 'onnx.json'})", file=sys.stderr)
     return 0

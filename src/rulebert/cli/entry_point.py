@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write model.onnx (or model.int8.onnx) into a model dir")
     export.add_argument("--model-dir", required=True, type=Path)
     export.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (fastest on a CPU)")
+    export.add_argument(
+        "--embedder",
+        default=None,
+        metavar="CHECKPOINT",
+        help="instead, (re)write the sentence embedder that learns a rule's examples, from this checkpoint "
+        "('default', 'mpnet' or a local HF folder)",
+    )
     export.set_defaults(func=cmd_export)
 
     run = commands.add_parser("run", help="the Kaggle flow: train, then write OUT/submission.csv")

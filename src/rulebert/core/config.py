@@ -50,6 +50,18 @@ class TrainConfig:
     )
     """Checkpoint to start from: ``default`` (MiniLM-L6), ``mpnet`` (all-mpnet-base-v2), a local Hugging Face
     folder, or a hub name (online only)."""
+    embedder: str | None = field(
+        default=None,
+        metadata={
+            "help": "checkpoint of the sentence embedder that learns a rule's examples: 'default', 'mpnet' "
+            "or a local HF folder (default: --model's)"
+        },
+    )
+    """Checkpoint of the sentence embedder a rule's examples are learnt with when scoring (mode ``examples``
+    and the blend): ``default``, ``mpnet``, a local Hugging Face folder; None: the ``--model`` checkpoint. It
+    is used frozen (mean-pooled, int8), so it need not be the checkpoint the classifier is fine-tuned from:
+    all-mpnet-base-v2 beside the MiniLM classifier is measured in docs/evaluation.md. ``rulebert export
+    --embedder`` swaps it in a trained model."""
     epochs: float | None = field(default=None, metadata={"help": "passes over the training rows"})
     """Passes over the training rows (None: the backbone's recipe, :data:`RECIPES`; 5 at lr 1e-4 won the
     leave-one-rule-out ablation for MiniLM)."""
@@ -130,6 +142,8 @@ class TrainConfig:
         a saved config always holds the numbers it trained with."""
         if not isinstance(self.model, str):
             raise RulebertError(f"--model must be a name or a folder, got {self.model!r}")
+        if self.embedder is not None and not (isinstance(self.embedder, str) and self.embedder.strip()):
+            raise RulebertError(f"--embedder must be a name or a folder, got {self.embedder!r}")
         for name, value in RECIPES.get(self.model, RECIPES[DEFAULT_MODEL]).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -176,7 +176,7 @@ def blend_with_examples(
     from rulebert.domain.examples import RuleExamples
     from rulebert.domain.examples import blend_with_examples as blend
     from rulebert.domain.text import encode_frame
-    from rulebert.model.backbones import resolve_checkpoint
+    from rulebert.model.backbones import embedder_checkpoint
     from rulebert.model.model_dir import find_embedder
     from rulebert.training.train import export_embedder_or_warn
 
@@ -192,8 +192,8 @@ def blend_with_examples(
     if not blended:
         return out
     folder = work_dir / "embedder"  # the embedder a model dir would carry, exported once per fold
-    fit.tokenizer.save_pretrained(folder)
-    export_embedder_or_warn(folder, resolve_checkpoint(config.model))
+    folder.mkdir(parents=True, exist_ok=True)
+    export_embedder_or_warn(folder, embedder_checkpoint(config))
     path = find_embedder(folder)
     embedder = OnnxEmbedder(path) if path is not None else None
 

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from rulebert.core.config import DEFAULT_MODEL, MPNET
+from rulebert.core.config import DEFAULT_MODEL, MPNET, TrainConfig
 from rulebert.core.errors import RulebertError
 from rulebert.model.integrity import refuse_remote_code
 from rulebert.model.model_dir import LABELS
@@ -58,6 +58,11 @@ def resolve_checkpoint(name: str) -> str:
     if _looks_like_path(name):
         raise RulebertError(f"{name}: model path does not exist")
     return name
+
+
+def embedder_checkpoint(config: TrainConfig) -> str:
+    """The checkpoint a model dir's sentence embedder is exported from: ``--embedder``, else ``--model``'s."""
+    return resolve_checkpoint(config.embedder or config.model)
 
 
 def _offline() -> bool:

@@ -48,7 +48,8 @@ REPORT_FILE = "report.html"  # with its report_*.png plots
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 ONNX_RECORD = "onnx.json"  # each ONNX file's SHA-256 and the weights it was exported from
-EMBEDDER_FILE = "embedder.int8.onnx"  # sentence embeddings of the base checkpoint, for a rule's examples
+EMBEDDER_DIR = "embedder"  # the sentence embedder that learns a rule's examples: ONNX file + its tokenizer
+EMBEDDER_FILE = "embedder.int8.onnx"  # in EMBEDDER_DIR (older model dirs: at the top, sharing the tokenizer)
 CARD_FILE = "README.md"  # the model card (rulebert.model.card): base model, data, metrics, how to load it
 FORMAT_VERSION = 1
 LABELS = {0: "ok", 1: "violation"}
@@ -114,7 +115,12 @@ def check_output_dir(output_dir: str | os.PathLike, config: TrainConfig, data: d
     record = read_record(output_dir) if output_dir.is_dir() else None
     if record is None:
         return
-    if record.get("config") != config.to_dict() or record.get("data") != data:
+    saved = record.get("config")
+    try:  # a field added since it was saved reads as its default
+        saved = TrainConfig.from_dict(saved).to_dict()
+    except RulebertError:
+        pass
+    if saved != config.to_dict() or record.get("data") != data:
         raise RulebertError(
             f"{output_dir}: already holds a different model (other settings or data); "
             "choose another --output-dir or pass --overwrite"
@@ -330,9 +336,10 @@ def read_onnx_record(model_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def record_onnx(model_dir: str | os.PathLike, path: Path, entry: dict[str, Any]) -> None:
-    """Add ``path``'s entry (its SHA-256 is computed here) to ``onnx.json``, atomically."""
+    """Add ``path``'s entry (its SHA-256 is computed here) to ``onnx.json``, atomically. The key is the
+    file's path inside the model dir (``model.int8.onnx``, ``embedder/embedder.int8.onnx``)."""
     onnx_record = read_onnx_record(model_dir)
-    onnx_record[path.name] = {"sha256": sha256_file(path), **entry}
+    onnx_record[path.relative_to(model_dir).as_posix()] = {"sha256": sha256_file(path), **entry}
     write_json_atomic(Path(model_dir) / ONNX_RECORD, onnx_record)
 
 
@@ -366,11 +373,25 @@ def find_onnx(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path | No
 
 def find_embedder(model_dir: str | os.PathLike) -> Path | None:
     """The model dir's sentence embedder, checked against ``onnx.json``; None when it has none (older model
-    dirs, or ``--no-export``): a rule's examples are then learnt from TF-IDF alone."""
-    path = Path(model_dir) / EMBEDDER_FILE
-    entry = read_onnx_record(model_dir).get(EMBEDDER_FILE)
-    if not path.is_file() or not isinstance(entry, dict):
-        return None
-    if sha256_file(path) != entry.get("sha256"):
-        raise RulebertError(f"{path}: embedder file is corrupted or truncated (SHA-256 mismatch)")
-    return path
+    dirs, or ``--no-export``): a rule's examples are then learnt from TF-IDF alone.
+
+    ``embedder/embedder.int8.onnx`` reads the tokenizer beside it, whose files' hashes its entry lists (the
+    embedder may come from another checkpoint than the classifier: ``--embedder``); a model dir from before
+    has ``embedder.int8.onnx`` at the top, read with the model dir's own tokenizer."""
+    model_dir = Path(model_dir)
+    record = read_onnx_record(model_dir)
+    for name in (f"{EMBEDDER_DIR}/{EMBEDDER_FILE}", EMBEDDER_FILE):
+        path, entry = model_dir / name, record.get(name)
+        if not path.is_file() or not isinstance(entry, dict):
+            continue
+        if sha256_file(path) != entry.get("sha256"):
+            raise RulebertError(f"{path}: embedder file is corrupted or truncated (SHA-256 mismatch)")
+        for file, digest in (entry.get("tokenizer_sha256") or {}).items():
+            tokenizer_file = path.parent / file
+            if not tokenizer_file.is_file() or sha256_file(tokenizer_file) != digest:
+                raise RulebertError(
+                    f"{tokenizer_file}: the embedder's tokenizer file is missing or changed (SHA-256 "
+                    "mismatch)"
+                )
+        return path
+    return None

@@ -30,9 +30,9 @@ from rulebert.core.config import TrainConfig
 from rulebert.core.errors import RulebertError
 from rulebert.domain import data as D
 from rulebert.domain.rules import StoredRule, check_adaptable, example_frame
+from rulebert.model.backbones import embedder_checkpoint
 from rulebert.model.model_dir import (
     CALIBRATION_FILE,
-    EMBEDDER_FILE,
     find_embedder,
     lineage_root,
     read_metrics,
@@ -117,12 +117,17 @@ def _inherited(source_dir: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def _add_embedder(source_dir: Path, model_dir: Path, base_model: str) -> None:
-    """The sentence embedder depends on the base checkpoint only: copy the source's, else export one."""
+    """The sentence embedder is never fine-tuned: copy the source's (its folder, or the top-level file of
+    older model dirs with the tokenizer, which adapting keeps), else export one from ``base_model``."""
     source = find_embedder(source_dir)
     if source is not None:
-        entry = {k: v for k, v in read_onnx_record(source_dir)[EMBEDDER_FILE].items() if k != "sha256"}
-        shutil.copyfile(source, model_dir / EMBEDDER_FILE)
-        record_onnx(model_dir, model_dir / EMBEDDER_FILE, entry)
+        key = source.relative_to(source_dir).as_posix()
+        entry = {k: v for k, v in read_onnx_record(source_dir)[key].items() if k != "sha256"}
+        if source.parent == source_dir:
+            shutil.copyfile(source, model_dir / key)
+        else:
+            shutil.copytree(source.parent, model_dir / source.parent.name, dirs_exist_ok=True)
+        record_onnx(model_dir, model_dir / key, entry)
     else:
         export_embedder_or_warn(model_dir, base_model)
 
@@ -176,7 +181,7 @@ def adapt_model(
             export_int8=export_int8,
             inherited=_inherited(source_dir),
         )
-        _add_embedder(source_dir, staging, base_model)
+        _add_embedder(source_dir, staging, embedder_checkpoint(config) if config.embedder else base_model)
         verify_model_dir(staging)
         if output_dir.exists():
             shutil.rmtree(output_dir)
