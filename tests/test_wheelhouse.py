@@ -113,7 +113,7 @@ def test_the_kaggle_flow_runs_offline_from_the_wheelhouse(notebook, tiny_checkpo
     model = out / "model"
     # matplotlib (report.html) and onnx/onnxruntime (the sentence embedder) came with the core install
     assert "not written" not in log and "not exported" not in log, log
-    for name in ("report.html", "embedder.int8.onnx", "README.md", "rulebert.json"):
+    for name in ("report.html", "embedder/embedder.int8.onnx", "README.md", "rulebert.json"):
         assert (model / name).is_file(), name
 
 
