@@ -169,7 +169,7 @@ wrap(P.Scorer, "encode", "tokenise (Scorer.encode)")
 wrap(O.OnnxBackend, "predict", "forward", forward_label)
 import rulebert.backend.torch_backend as TB
 wrap(TB.TorchBackend, "predict", "forward", forward_label)
-wrap(O.OnnxEmbedder, "embed_texts", "sentence embedder (embedder.int8.onnx)")
+wrap(O.OnnxEmbedder, "embed_texts", "sentence embedder (embedder/embedder.int8.onnx)")
 wrap(E, "tfidf_scorer", "example model fit: TF-IDF members")
 wrap(E.ExampleModel, "fit", "example model fit")
 wrap(E.ExampleModel, "score", "example model score")

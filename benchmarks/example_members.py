@@ -25,20 +25,18 @@ from rulebert.backend.onnx_backend import OnnxEmbedder
 from rulebert.domain import data as D
 from rulebert.domain.examples import ExampleModel
 from rulebert.model.backbones import resolve_checkpoint
+from rulebert.model.model_dir import find_embedder
 from rulebert.pipeline import pooled_examples
 
 
 def embedder_for(backbone: str, work: Path) -> OnnxEmbedder:
     """The int8 sentence embedder a model dir trained from ``backbone`` carries, exported into ``work``."""
-    from transformers import AutoTokenizer
-
     folder = work / f"embedder-{backbone}"
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = resolve_checkpoint(backbone)
-    if not (folder / "embedder.int8.onnx").is_file():
-        AutoTokenizer.from_pretrained(checkpoint).save_pretrained(folder)
-        export_embedder(folder, checkpoint)
-    return OnnxEmbedder(folder / "embedder.int8.onnx")
+    path = find_embedder(folder)
+    if path is None:
+        path = export_embedder(folder, resolve_checkpoint(backbone))
+    return OnnxEmbedder(path)
 
 
 def cohort(own: pd.DataFrame) -> pd.DataFrame:

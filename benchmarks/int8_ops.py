@@ -28,6 +28,7 @@ from rulebert.backend.onnx_backend import OnnxEmbedder, _session_source
 from rulebert.domain.data import default_data_dir
 from rulebert.domain.text import encode_texts
 from rulebert.inference.predict import Scorer
+from rulebert.model.model_dir import find_embedder
 
 QUANTISE = "per-token activation quantisation (Reduce, Max, Neg, Div, QuantizeLinear, Mul)"
 FAMILIES = {
@@ -110,9 +111,12 @@ def main() -> None:
     frame = pd.read_csv(args.data or default_data_dir() / "train.csv", dtype=str, keep_default_na=False)
     frame = frame.head(args.rows)
     report = {"threads": args.threads, "rows": len(frame)}
-    for file in ("model.int8.onnx", "embedder.int8.onnx"):
-        path = args.model_dir / file
-        if not path.is_file():
+    embedder_path = find_embedder(args.model_dir)
+    for file, path in (
+        ("model.int8.onnx", args.model_dir / "model.int8.onnx"),
+        ("embedder.int8.onnx", embedder_path),
+    ):
+        if path is None or not path.is_file():
             continue
         # opened as predict opens it (tokenizer, batches, inputs), then its session swapped for a profiled one
         session = profiled(path, args.threads)
