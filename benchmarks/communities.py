@@ -266,7 +266,8 @@ def run(args: argparse.Namespace) -> None:
             # the product's systems: zero-shot (k = 0, no examples) and mode examples at each k
             product_runs = [("zero-shot", 0, None)] + [("examples", k, examples_of[k]) for k in args.ks]
             for system, k, chosen in product_runs:
-                if system in systems and (system, community.name, seed, k) not in done:
+                name = f"{system}+{args.tag}" if args.tag else system  # e.g. examples+mpnet-embedder
+                if system in systems and (name, community.name, seed, k) not in done:
                     given = None
                     if chosen is not None:
                         given = {
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> None:
                     encode_s = round(memo.seconds - before, 3)
                     write(
                         line_of(
-                            system,
+                            name,
                             community,
                             seed,
                             k,
@@ -400,6 +401,31 @@ def summarise(results: pd.DataFrame, rounds: int = 2000) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["k", "system"])
 
 
+def paired_gain(results: pd.DataFrame, new: str, old: str, rounds: int = 2000) -> pd.DataFrame:
+    """Per k: the mean over communities of ``new``'s AUC minus ``old``'s (same communities, seeds and scored
+    rows), with a 95% bootstrap interval over communities and how many communities ``new`` wins."""
+    rng = np.random.default_rng(0)
+    per = results[results["system"].isin([new, old])].groupby(["k", "community", "system"])["auc"].mean()
+    table = per.unstack("system").dropna()
+    rows = []
+    for k, group in table.groupby(level="k"):
+        gains = (group[new] - group[old]).to_numpy()
+        boot = gains[rng.integers(0, len(gains), (rounds, len(gains)))].mean(axis=1)
+        rows.append(
+            {
+                "k": int(k),
+                "communities": len(gains),
+                "old": group[old].mean(),
+                "new": group[new].mean(),
+                "gain": gains.mean(),
+                "low": np.percentile(boot, 2.5),
+                "high": np.percentile(boot, 97.5),
+                "wins": int((gains > 0).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def markdown(summary: pd.DataFrame) -> str:
     lines = [
         "| k | system | communities (runs) | column-averaged AUC [95% CI] | median acc | median prec | "
@@ -468,6 +494,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--paired", action="store_true", help="with --summary: only the runs every system has (e.g. setfit's)"
     )
     parser.add_argument("--plot", type=Path, default=None, help="with --summary: draw AUC against k here")
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="appended to the product's system names (examples+TAG): another model dir's runs",
+    )
+    parser.add_argument(
+        "--gain", default="", metavar="NEW,OLD", help="with --summary: NEW's paired AUC gain over OLD per k"
+    )
     args = parser.parse_args(argv)
     if not args.summary:
         run(args)
@@ -478,6 +512,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = results.set_index(["community", "seed"]).loc[keep].reset_index()
     summary = summarise(results)
     print(markdown(summary))
+    if args.gain:
+        new, old = args.gain.split(",")
+        print(paired_gain(results, new, old).round(4).to_string(index=False))
     (args.work / "summary.json").write_text(summary.to_json(orient="records", indent=1), encoding="utf-8")
     if args.plot is not None:
         plot(summary, args.plot)

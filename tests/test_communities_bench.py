@@ -63,6 +63,31 @@ def test_three_communities_run_and_stay_in_range(model_dir: Path, tmp_path: Path
     # a second run finds every line done and adds none
     bench.main(argv)
     assert len((work / "results.jsonl").read_text().splitlines()) == 15
+    # another model dir's runs sit beside these under a tag; the same model dir tagged gains exactly 0
+    bench.main([*argv[:8], "--seeds", "0", "--ks", "4,16", "--systems", "examples", "--tag", "again"])
+    import pandas as pd
+
+    results = pd.read_json(work / "results.jsonl", lines=True)
+    assert (results["system"] == "examples+again").sum() == 6
+    gain = bench.paired_gain(results, "examples+again", "examples")
+    assert gain["k"].tolist() == [4, 16] and gain["communities"].tolist() == [3, 3]
+    assert gain["gain"].abs().max() == 0 and gain["wins"].sum() == 0
+
+
+def test_paired_gain_is_the_mean_per_community_difference() -> None:
+    import pandas as pd
+
+    bench = _load_benchmark()
+    rows = []
+    for i, (old, new) in enumerate([(0.6, 0.7), (0.7, 0.7), (0.8, 0.75), (0.5, 0.65)]):
+        for seed, wobble in ((0, 0.01), (1, -0.01)):  # seeds average out within a community
+            rows.append({"system": "a", "community": f"c{i}", "seed": seed, "k": 32, "auc": old + wobble})
+            rows.append({"system": "b", "community": f"c{i}", "seed": seed, "k": 32, "auc": new})
+    rows.append({"system": "b", "community": "only-b", "seed": 0, "k": 32, "auc": 0.99})  # unpaired: left out
+    gain = bench.paired_gain(pd.DataFrame(rows), "b", "a").iloc[0]
+    assert gain["communities"] == 4 and gain["wins"] == 2
+    assert abs(gain["gain"] - (0.1 + 0 - 0.05 + 0.15) / 4) < 1e-9
+    assert gain["low"] <= gain["gain"] <= gain["high"]
 
 
 def test_split_is_nested_and_scored_rows_are_fixed() -> None:
