@@ -56,7 +56,8 @@ def embed_all(communities: list, work: Path, cache: Path | None, cached_only: bo
             texts=np.array(texts, dtype=object),
             vectors=np.stack([known[t] for t in texts]),
         )
-    blank = np.full(384, np.nan, dtype=np.float32)  # not embedded (--cached-only): never used as a row
+    width = len(next(iter(known.values()))) if known else 384  # MiniLM 384, mpnet 768
+    blank = np.full(width, np.nan, dtype=np.float32)  # not embedded (--cached-only): never used as a row
     # examples are embedded stripped (RuleExamples.of), scored comments as they are
     return [np.stack([known.get(t, known.get(t.strip(), blank)) for t in c.bodies]) for c in communities]
 

@@ -96,6 +96,19 @@ def test_scoring_with_examples_uses_the_embedder_folder(model_dir, other_checkpo
     assert scorer._embedder.backend.path == model_dir / EMBEDDER_DIR / EMBEDDER_FILE
 
 
+def test_the_server_says_which_checkpoint_embeds(model_dir, other_checkpoint, tmp_path):
+    import httpx
+
+    from tests.serving import start_server
+
+    export_embedder(model_dir, str(other_checkpoint))
+    assert Scorer(model_dir, device="cpu").embedder_checkpoint == str(other_checkpoint)
+    with start_server(model_dir, tmp_path / "server.log") as server:
+        info = httpx.get(server.url + "/v1/model").json()
+    assert info["embedder"] is True
+    assert info["embedder_checkpoint"] == other_checkpoint.name  # a folder's name, never the host's path
+
+
 def test_a_changed_embedder_tokenizer_is_refused(model_dir, other_checkpoint):
     export_embedder(model_dir, str(other_checkpoint))
     tokenizer_file = model_dir / EMBEDDER_DIR / "tokenizer.json"

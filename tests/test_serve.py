@@ -154,6 +154,7 @@ def test_model_info(server, model_dir):
     assert info["config"]["max_length"] == 64
     assert info["limits"]["items_per_batch"] == MAX_BATCH
     assert info["model_dir"] == model_dir.name  # the name only: an absolute path tells about the host
+    assert info["embedder"] is False and info["embedder_checkpoint"] is None  # a model dir without one
 
 
 def test_openapi_docs_and_page_are_served(server):

@@ -35,6 +35,7 @@ from rulebert.model.model_dir import (
     load_calibrator,
     load_model_dir,
     read_metrics,
+    read_onnx_record,
     verify_model_dir,
 )
 
@@ -134,6 +135,15 @@ class Scorer:
     def has_embedder(self) -> bool:
         """Whether the model dir has a sentence embedder (else a rule's examples are learnt by TF-IDF)."""
         return self._embedder_path is not None
+
+    @property
+    def embedder_checkpoint(self) -> str | None:
+        """The checkpoint the sentence embedder was exported from (``onnx.json``'s ``source``), or None."""
+        if self._embedder_path is None:
+            return None
+        key = self._embedder_path.relative_to(self.model_dir).as_posix()
+        entry = read_onnx_record(self.model_dir).get(key)
+        return entry.get("source") if isinstance(entry, dict) else None
 
     def mode(self, rule: str, examples: RuleExamples | None = None) -> str:
         """``trained``, ``examples`` or ``zero-shot`` (see :data:`MODES`) for a rule and its examples."""

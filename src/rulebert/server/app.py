@@ -230,6 +230,7 @@ def create_app(
             "validation_scope": VALIDATION_SCOPE,
             "trained_rules": sorted(getattr(scorer, "trained_rules", ())),  # scored in mode "trained"
             "embedder": getattr(scorer, "has_embedder", False),
+            "embedder_checkpoint": checkpoint_name(getattr(scorer, "embedder_checkpoint", None)),
             "threshold": scorer.threshold,
             "device": getattr(scorer, "device", None),
             "stored_rules": state is not None,
