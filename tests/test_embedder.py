@@ -138,23 +138,16 @@ def test_an_older_top_level_embedder_loads_and_a_new_export_replaces_it(
     assert find_embedder(model_dir) == folder / EMBEDDER_FILE
 
 
+def export_cli(model_dir: Path, embedder: Path) -> subprocess.CompletedProcess:
+    command = ["export", "--model-dir", str(model_dir), "--embedder", str(embedder)]
+    return subprocess.run(
+        [sys.executable, "-m", "rulebert.cli", *command], capture_output=True, text=True, timeout=300
+    )
+
+
 def test_cli_export_embedder_swaps_only_the_embedder(model_dir, other_checkpoint):
     before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file() and p.name != ONNX_RECORD}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rulebert.cli",
-            "export",
-            "--model-dir",
-            str(model_dir),
-            "--embedder",
-            str(other_checkpoint),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = export_cli(model_dir, other_checkpoint)
     assert done.returncode == 0, done.stderr
     assert "embedder/embedder.int8.onnx" in done.stderr
     assert read_onnx_record(model_dir)[f"{EMBEDDER_DIR}/{EMBEDDER_FILE}"]["source"] == str(other_checkpoint)
@@ -163,21 +156,7 @@ def test_cli_export_embedder_swaps_only_the_embedder(model_dir, other_checkpoint
 
 
 def test_cli_export_embedder_names_a_missing_checkpoint(model_dir, tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rulebert.cli",
-            "export",
-            "--model-dir",
-            str(model_dir),
-            "--embedder",
-            str(tmp_path / "none"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = export_cli(model_dir, tmp_path / "none")
     assert done.returncode != 0 and "none: model path does not exist" in done.stderr
     assert find_embedder(model_dir) is None
 
