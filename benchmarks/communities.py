@@ -460,8 +460,10 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
             capsize=3,
             label=system,
         )
-    for system, group in summary[summary["k"] == 0].groupby("system"):
-        ax.axhline(group["auc"].iloc[0], linestyle=":", color="grey", label=f"{system} (no examples)")
+    baselines = summary[summary["k"] == 0].groupby("system")  # at most three drawn apart, the rest dotted
+    for number, (system, group) in enumerate(baselines):
+        style = (":", "--", "-.")[number] if number < 3 else ":"
+        ax.axhline(group["auc"].iloc[0], linestyle=style, color="grey", label=f"{system} (no examples)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k removed + k kept comments labelled")
     ax.set_ylabel(f"column-averaged AUC, {summary['communities'].max()} communities")
