@@ -52,13 +52,13 @@ def test_rules_jsonl_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"id": "a", "text": "x"', "rules.jsonl:2: not JSON"),
-        ('{"id": "a b", "text": "x"}', "rules.jsonl:2: id 'a b' must be"),
-        ('{"id": "a", "text": ""}', "rules.jsonl:2: field 'text' must be a non-empty string"),
+        ('{"id": "a", "text": "x"', "rules.jsonl: line 2: not valid JSON"),
+        ('{"id": "a b", "text": "x"}', "rules.jsonl: line 2: id 'a b' must be"),
+        ('{"id": "a", "text": ""}', "rules.jsonl: line 2: field 'text' must be a non-empty string"),
         ('{"id": "a", "text": "x", "positive_examples": "no"}', "field 'positive_examples' must be a list"),
-        ('{"id": "a", "text": "x", "colour": 1}', "rules.jsonl:2: unknown field 'colour'"),
-        ('{"id": "ok", "text": "again"}', "rules.jsonl:2: id 'ok' appears twice"),
-        ("[1, 2]", "rules.jsonl:2: expected a JSON object, got list"),
+        ('{"id": "a", "text": "x", "colour": 1}', "rules.jsonl: line 2: unknown field 'colour'"),
+        ('{"id": "ok", "text": "again"}', "rules.jsonl: line 2: id 'ok' appears twice"),
+        ("[1, 2]", "rules.jsonl: line 2: expected a JSON object, got list"),
     ],
 )
 def test_rules_jsonl_errors_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
@@ -66,6 +66,19 @@ def test_rules_jsonl_errors_name_file_and_line(tmp_path: Path, line: str, messag
     path.write_text('{"id": "ok", "text": "a rule"}\n' + line + "\n")
     with pytest.raises(RulebertError, match=message.replace("(", r"\(").replace("[", r"\[")):
         read_rules_jsonl(path)
+
+
+def test_rules_jsonl_is_read_as_every_jsonl_input_is(tmp_path: Path) -> None:
+    """The reader of comments and decision logs (domain.jsonl): the same line-numbered errors for bytes that
+    are not UTF-8, and a BOM and blank lines are fine."""
+    path = tmp_path / "rules.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "ok", "text": "a rule"}\n\n{"id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(RulebertError, match=r"rules.jsonl: line 3: not valid UTF-8 \(byte 0xe9\)"):
+        read_rules_jsonl(path)
+    path.write_bytes(b'\xef\xbb\xbf{"id": "ok", "text": "a rule"}\n\n{"id": "b", "text": "caf\xc3\xa9"}\n')
+    assert [r.text for r in read_rules_jsonl(path)] == ["a rule", "caf\u00e9"]
+    with pytest.raises(RulebertError, match="none.jsonl: cannot read"):
+        read_rules_jsonl(tmp_path / "none.jsonl")
 
 
 def test_rules_from_competition_layout() -> None:

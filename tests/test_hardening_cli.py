@@ -78,7 +78,7 @@ def test_a_lone_surrogate_anywhere_is_a_one_line_error(model_dir, tmp_path):
     code, _, err = run(
         "score", "--model-dir", model_dir, "--rules", rules, "--input", comments, "--output", out
     )
-    assert code == 2 and "'negative_examples', item 2" in one_error_line(err) and f"{rules}:1" in err
+    assert code == 2 and "'negative_examples', item 2" in one_error_line(err) and f"{rules}: line 1" in err
     # --examples
     examples = tmp_path / "examples.jsonl"
     examples.write_text('{"text": "spam \\ud800", "label": 1}\n')

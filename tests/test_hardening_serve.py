@@ -178,7 +178,7 @@ def test_dot_rule_ids_are_refused_everywhere(tmp_path):
     with pytest.raises(RulebertError, match="not '.' or '..'"):
         RuleStore(tmp_path / "r.sqlite3").put(StoredRule("..", "text"))
     (tmp_path / "rules.jsonl").write_text('{"id": ".", "text": "t"}\n')
-    with pytest.raises(RulebertError, match="rules.jsonl:1"):
+    with pytest.raises(RulebertError, match="rules.jsonl: line 1"):
         read_rules_jsonl(tmp_path / "rules.jsonl")
 
 

@@ -14,7 +14,6 @@ letters, digits, ``_``, ``-`` and ``.``, at most 64 characters, and not ``.`` or
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import pandas as pd
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain import data as D
+from rulebert.domain.jsonl import json_objects
 from rulebert.domain.text import surrogate_problem
 
 RULE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -91,29 +91,20 @@ def rule_from_json(payload: object, where: str) -> StoredRule:
 
 
 def read_rules_jsonl(path: str | os.PathLike) -> list[StoredRule]:
-    """The rules of a RULES.jsonl file; a bad line is a one-line error naming the file and line."""
+    """The rules of a RULES.jsonl file; a bad line is a one-line error naming the file and line (read as
+    every JSON Lines input is: :func:`rulebert.domain.jsonl.json_objects`)."""
     path = Path(path)
+    rules: dict[str, StoredRule] = {}
     try:
-        raw = path.read_bytes()
+        handle = open(path, "rb")
     except OSError as err:
         raise RulebertError(f"{path}: cannot read ({err.strerror or err})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise RulebertError(f"{path}: not UTF-8 (byte {err.start})") from None
-    rules: dict[str, StoredRule] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            payload = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RulebertError(f"{where}: not JSON ({err.msg}, column {err.colno})") from None
-        rule = rule_from_json(payload, where)
-        if rule.id in rules:
-            raise RulebertError(f"{where}: id {rule.id!r} appears twice")
-        rules[rule.id] = rule
+    with handle:
+        for where, payload in json_objects(handle, str(path)):
+            rule = rule_from_json(payload, where)
+            if rule.id in rules:
+                raise RulebertError(f"{where}: id {rule.id!r} appears twice")
+            rules[rule.id] = rule
     if not rules:
         raise RulebertError(f"{path}: no rules (one JSON object per line)")
     return list(rules.values())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain.examples import RuleExamples
-from rulebert.domain.text import surrogate_problem
+from rulebert.domain.jsonl import decoded_lines, json_objects
 
 TEXT_COLUMNS = ("body", "comment")
 EXAMPLE_TEXT_COLUMNS = ("text", "body", "comment")
@@ -76,20 +75,6 @@ def open_input(path: str) -> Iterator[tuple[io.BufferedReader, str, str]]:
         yield handle, fmt, str(file)
 
 
-def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
-    """Lines as text (newlines kept), with a one-line error naming the line of a non-UTF-8 byte."""
-    for number, raw in enumerate(handle, start=1):
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        if b"\x00" in raw:
-            raise RulebertError(f"{name}: line {number}: contains a NUL byte (not a text file?)")
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            bad = raw[err.start : err.start + 1].hex()
-            raise RulebertError(f"{name}: line {number}: not valid UTF-8 (byte 0x{bad})") from None
-
-
 def pick_column(columns: Sequence[str], wanted: Sequence[str], name: str, what: str) -> str:
     for column in wanted:
         if column in columns:
@@ -100,7 +85,7 @@ def pick_column(columns: Sequence[str], wanted: Sequence[str], name: str, what: 
 
 
 def csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple[list[str], Iterator[Row]]:
-    reader = csv.reader(_decoded_lines(handle, name))
+    reader = csv.reader(decoded_lines(handle, name))
     try:
         header = next(reader)
     except StopIteration:
@@ -130,36 +115,8 @@ def csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple
     return header, rows()
 
 
-def _check_unicode(record: dict[str, Any], where: str) -> None:
-    """A one-line error naming the key of a string holding a lone surrogate (``"\\ud800"`` is valid JSON
-    but no text: the tokenizer and a UTF-8 output both refuse it)."""
-    stack: list[tuple[str, Any]] = list(record.items())
-    while stack:
-        key, value = stack.pop()
-        problem = surrogate_problem(key)
-        if problem is None and isinstance(value, str):
-            problem = surrogate_problem(value)
-        elif isinstance(value, dict):
-            stack.extend((key, v) for v in [*value, *value.values()])
-        elif isinstance(value, list):
-            stack.extend((key, v) for v in value)
-        if problem is not None:
-            raise RulebertError(f"{where}, key {key[:40]!r}: {problem}")
-
-
 def jsonl_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> Iterator[Row]:
-    for number, line in enumerate(_decoded_lines(handle, name), start=1):
-        if not line.strip():
-            continue
-        where = f"{name}: line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RulebertError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise RulebertError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        if "\\u" in line:  # only an escape can put a lone surrogate in decoded UTF-8
-            _check_unicode(record, where)
+    for where, record in json_objects(handle, name):
         key = pick_column(list(record), text_columns, where, "text")
         body = record[key]
         if not isinstance(body, str):

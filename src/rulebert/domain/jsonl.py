@@ -1,0 +1,66 @@
+"""JSON Lines, read one way everywhere: comments to score, decision logs and RULES.jsonl.
+
+Each object comes with ``where`` (``NAME: line N``) for the caller's own one-line errors; a line that is not
+UTF-8, holds a NUL byte, is not JSON, is not an object, or holds a lone surrogate (valid JSON, but no text)
+is an error here, named the same way whichever file it is in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+from rulebert.core.errors import RulebertError
+from rulebert.domain.text import surrogate_problem
+
+
+def decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
+    """Lines as text (newlines kept), with a one-line error naming the line of a non-UTF-8 byte."""
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if b"\x00" in raw:
+            raise RulebertError(f"{name}: line {number}: contains a NUL byte (not a text file?)")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = raw[err.start : err.start + 1].hex()
+            raise RulebertError(f"{name}: line {number}: not valid UTF-8 (byte 0x{bad})") from None
+
+
+def check_unicode(record: dict[str, Any], where: str) -> None:
+    """A one-line error naming the key (and list item) of a string holding a lone surrogate (``"\\ud800"``
+    is valid JSON but no text: the tokenizer and a UTF-8 output both refuse it)."""
+    stack: list[tuple[str, Any]] = []
+    for key, value in record.items():
+        label = f"key {key[:40]!r}"
+        stack += [(label, key), (label, value)]
+    while stack:
+        label, value = stack.pop()
+        problem = surrogate_problem(value) if isinstance(value, str) else None
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                inner_label = f"{label}, key {key[:40]!r}"
+                stack += [(inner_label, key), (inner_label, inner)]
+        elif isinstance(value, list):
+            stack.extend((f"{label}, item {number}", v) for number, v in enumerate(value, start=1))
+        if problem is not None:
+            raise RulebertError(f"{where}, {label}: {problem}")
+
+
+def json_objects(handle: IO[bytes], name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, object) for each non-blank line of a JSON Lines file opened in binary."""
+    for number, line in enumerate(decoded_lines(handle, name), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}: line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RulebertError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise RulebertError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if "\\u" in line:  # only an escape can put a lone surrogate in decoded UTF-8
+            check_unicode(record, where)
+        yield where, record
