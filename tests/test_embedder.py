@@ -179,3 +179,14 @@ def test_a_model_dir_saved_before_the_embedder_setting_still_matches_its_config(
     check_output_dir(model_dir, TrainConfig.from_dict(record["config"]), record["data"])
     with pytest.raises(RulebertError, match="already holds a different model"):
         check_output_dir(model_dir, TrainConfig(**{**record["config"], "embedder": "mpnet"}), record["data"])
+
+
+def test_a_missing_embedder_fails_before_training(data_dir, tiny_checkpoint, tmp_path):
+    from rulebert.training.train import train_model
+
+    config = TrainConfig(model=str(tiny_checkpoint), embedder=str(tmp_path / "none"), epochs=1, max_length=32)
+    with pytest.raises(RulebertError, match="none: model path does not exist"):
+        train_model(config, data_dir / "train.csv", tmp_path / "model", progress=False)
+    assert not (tmp_path / "model" / "checkpoints").is_dir() or not any(
+        (tmp_path / "model" / "checkpoints").iterdir()
+    )

@@ -60,9 +60,12 @@ def resolve_checkpoint(name: str) -> str:
     return name
 
 
-def embedder_checkpoint(config: TrainConfig) -> str:
-    """The checkpoint a model dir's sentence embedder is exported from: ``--embedder``, else ``--model``'s."""
-    return resolve_checkpoint(config.embedder or config.model)
+def embedder_checkpoint(config: TrainConfig, base_model: str | None = None) -> str:
+    """The checkpoint a model dir's sentence embedder is exported from: ``--embedder``, else the model's
+    own base checkpoint (``base_model`` when the caller has it resolved already, else ``--model``'s)."""
+    if config.embedder:
+        return resolve_checkpoint(config.embedder)
+    return base_model or resolve_checkpoint(config.model)
 
 
 def _offline() -> bool:

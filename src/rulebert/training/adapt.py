@@ -181,7 +181,7 @@ def adapt_model(
             export_int8=export_int8,
             inherited=_inherited(source_dir),
         )
-        _add_embedder(source_dir, staging, embedder_checkpoint(config) if config.embedder else base_model)
+        _add_embedder(source_dir, staging, embedder_checkpoint(config, base_model))
         verify_model_dir(staging)
         if output_dir.exists():
             shutil.rmtree(output_dir)

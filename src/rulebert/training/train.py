@@ -351,7 +351,7 @@ def train_model(
             )
     base_model = resolve_checkpoint(config.model)
     if export_embedder:
-        embedder_checkpoint(config)  # a missing --embedder fails now, not after training
+        embedder_checkpoint(config, base_model)  # a missing --embedder fails now, not after training
     fit = fit_selected(config, rows, output_dir, resume=resume, progress=progress)
     fit.metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     if fit.trainer.is_world_process_zero():
@@ -409,7 +409,7 @@ def save_fit(
     if len(calibrated.labels) or inherited is None:  # an adapted model without validation rows: no report
         _write_validation_report(calibrated, output_dir)
     if export_embedder:
-        export_embedder_or_warn(output_dir, embedder_checkpoint(config))
+        export_embedder_or_warn(output_dir, embedder_checkpoint(config, base_model))
     if export_int8:
         metrics["onnx_int8"] = _export_int8(fit, calibrated, output_dir)
         write_json_atomic(output_dir / METRICS_FILE, metrics)  # metrics.json is not hashed: safe to add to
