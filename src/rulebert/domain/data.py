@@ -105,6 +105,35 @@ def _parse_csv(path: Path, text: str) -> pd.DataFrame:
     return pd.DataFrame(records, columns=header, dtype=str)
 
 
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV file as a frame of strings, strictly (see :func:`_parse_csv`): the one CSV reader of training
+    data (competition files, decision logs), with one-line errors naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RulebertError(f"{path}: file not found")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise RulebertError(f"{path}: file is empty")
+    text = _decode(path, raw)
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise RulebertError(f"{path}: line {line}: contains a NUL byte (not a text CSV?)")
+    return _parse_csv(path, text)
+
+
+def missing_column(path: Path, frame: pd.DataFrame, column: str) -> RulebertError:
+    """The error for a column ``frame`` (read from ``path``) lacks, with the closest name it has."""
+    guess = difflib.get_close_matches(column, frame.columns, n=1)
+    found = ", ".join(_shown(c, 40) for c in frame.columns[:20])
+    hint = f" (did you mean '{_shown(guess[0])}'?)" if guess else f" (found: {_shown(found, 300)})"
+    return RulebertError(f"{path}: missing column '{column}'{hint}")
+
+
+def where(path: Path, frame: pd.DataFrame, index: int, column: str) -> str:
+    """'file: row N, column 'c'' for a frame from :func:`read_table` (N counts data rows from 1)."""
+    return _where(path, frame, index, column)
+
+
 def read_csv(
     path: str | os.PathLike, *, labelled: bool | None = None, need_row_id: bool = False
 ) -> pd.DataFrame:
@@ -120,16 +149,7 @@ def read_csv(
     a missing ``row_id`` is numbered from 0. Raises :class:`RulebertError` naming file, row and column.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RulebertError(f"{path}: file not found")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise RulebertError(f"{path}: file is empty")
-    text = _decode(path, raw)
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise RulebertError(f"{path}: line {line}: contains a NUL byte (not a text CSV?)")
-    frame = _parse_csv(path, text)
+    frame = read_table(path)
 
     required = [BODY, RULE]
     if labelled:
@@ -141,10 +161,7 @@ def read_csv(
         required.extend(EXAMPLE_COLUMNS)
     for column in required:
         if column not in frame.columns:
-            guess = difflib.get_close_matches(column, frame.columns, n=1)
-            found = ", ".join(_shown(c, 40) for c in frame.columns[:20])
-            hint = f" (did you mean '{_shown(guess[0])}'?)" if guess else f" (found: {_shown(found, 300)})"
-            raise RulebertError(f"{path}: missing column '{column}'{hint}")
+            raise missing_column(path, frame, column)
     if frame.empty:
         raise RulebertError(f"{path}: no data rows")
 
