@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rulebert.domain.decisions import community_folds, rulebook_text
+
 DATA = Path(
     os.environ.get("RULEBERT_COMMUNITIES", Path(__file__).resolve().parents[1] / "../shared/data/communities")
 )
@@ -64,22 +66,6 @@ class Community:
     rulebook: str
     bodies: list[str]
     labels: np.ndarray  # 1 = removed
-
-
-def rulebook_text(rules: Sequence[dict[str, Any]]) -> str:
-    """Numbered ``short name: description`` lines of the rules that apply to comments."""
-    lines = []
-    for rule in rules:
-        if rule.get("kind") == "link":
-            continue
-        name, description = (
-            (rule.get("short_name") or "").strip(),
-            " ".join((rule.get("description") or "").split()),
-        )
-        lines.append(
-            f"{len(lines) + 1}. {name}: {description}" if description else f"{len(lines) + 1}. {name}"
-        )
-    return "\n".join(lines)
 
 
 def load_communities(data: Path, limit: int | None = None, names: Sequence[str] = ()) -> list[Community]:
@@ -239,11 +225,12 @@ def run(args: argparse.Namespace) -> None:
         for line in results_path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             done.add((row["system"], row["community"], row["seed"], row["k"]))
-    communities = load_communities(args.data, args.communities, args.names.split(",") if args.names else ())
+    communities = load_communities(args.data, None if args.names else args.communities, _names(args))
     systems = args.systems.split(",")
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)} (use {', '.join(SYSTEMS)})")
+    fold = {"fold": args.fold} if getattr(args, "fold", None) is not None else {}
     scorer = Scorer(args.model_dir) if {"zero-shot", "examples"} & set(systems) else None
     memo = Memo(scorer) if scorer is not None else None
     out = results_path.open("a", encoding="utf-8")
@@ -292,6 +279,7 @@ def run(args: argparse.Namespace) -> None:
                             seconds,
                             encode_s=encode_s,
                             mode=mode,
+                            **fold,
                         )
                     )
             for k in args.ks:
@@ -303,7 +291,9 @@ def run(args: argparse.Namespace) -> None:
                         probability = fit(texts, labels, scored_texts, seed)
                         seconds = time.perf_counter() - started
                         flagged = probability >= 0.5
-                        write(line_of(peer, community, seed, k, scored, probability, flagged, seconds))
+                        write(
+                            line_of(peer, community, seed, k, scored, probability, flagged, seconds, **fold)
+                        )
     if memo is not None:
         memo.save_vectors(args.work / "embeddings.npz")
     if "adapt" in systems:
@@ -365,7 +355,54 @@ def run_adapt(args: argparse.Namespace, communities: list[Community], done: set,
                 probability, flagged, mode = product_scores(scorer, rule.text, texts, examples)
                 seconds = time.perf_counter() - started + per_community
                 extra = {"adapt_s": round(per_community, 1), "mode": mode, "adapt_per": args.adapt_per}
+                if getattr(args, "fold", None) is not None:
+                    extra["fold"] = args.fold
                 write(line_of("adapt", community, seed, k, scored, probability, flagged, seconds, **extra))
+
+
+def fold_model(args: argparse.Namespace, fold: int, train_names: list[str]) -> Path:
+    """The model of one leave-communities-out fold: ``rulebert train --decisions`` on the other folds'
+    communities only (their rules.jsonl lines and comments.csv rows copied to WORK/foldF/decisions), with
+    ``--train-args``; trained once, then reused (its rulebert.json is there)."""
+    import shlex
+    import subprocess
+    import sys
+
+    folder = args.work / f"fold{fold}"
+    model = folder / "model"
+    if (model / "rulebert.json").is_file():
+        return model
+    decisions = folder / "decisions"
+    decisions.mkdir(parents=True, exist_ok=True)
+    wanted = set(train_names)
+    lines = (args.data / "rules.jsonl").read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["subreddit"] in wanted]
+    (decisions / "rules.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    comments = pd.read_csv(args.data / "comments.csv", keep_default_na=False, dtype=str)
+    comments[comments["subreddit"].isin(wanted)].to_csv(decisions / "comments.csv", index=False)
+    command = [sys.executable, "-m", "rulebert.cli", "train", "--decisions", str(decisions)]
+    command += ["--output-dir", str(model), "--overwrite", *shlex.split(args.train_args)]
+    print(f"fold {fold}: training on {len(wanted)} communities: {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    print(f"fold {fold}: trained in {time.perf_counter() - started:.0f} s", flush=True)
+    return model
+
+
+def run_folds(args: argparse.Namespace) -> None:
+    """Leave-communities-out: each fold of communities is held out once; a model trained on the other folds'
+    decisions (:func:`fold_model`) learns each held-out community from its k examples only."""
+    names = [c.name for c in load_communities(args.data, args.communities, _names(args))]
+    folds = community_folds(names, args.folds, seed=args.fold_seed)
+    for number, held in enumerate(folds):
+        if args.only_fold is not None and number != args.only_fold:
+            continue
+        model = fold_model(args, number, [n for n in names if n not in held])
+        run(argparse.Namespace(**{**vars(args), "model_dir": model, "names": ",".join(held), "fold": number}))
+
+
+def _names(args: argparse.Namespace) -> list[str]:
+    return args.names.split(",") if args.names else []
 
 
 def summarise(results: pd.DataFrame, rounds: int = 2000) -> pd.DataFrame:
@@ -504,9 +541,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--gain", default="", metavar="NEW,OLD", help="with --summary: NEW's paired AUC gain over OLD per k"
     )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="leave-communities-out: F >= 2 folds of communities, each held out once from a model trained "
+        "(rulebert train --decisions) on the others; --model-dir is then unused",
+    )
+    parser.add_argument("--fold-seed", type=int, default=0, help="--folds: how communities are dealt")
+    parser.add_argument("--only-fold", type=int, default=None, help="--folds: run this fold only")
+    parser.add_argument(
+        "--train-args", default="", help="--folds: more flags for rulebert train (default: its recipe)"
+    )
     args = parser.parse_args(argv)
     if not args.summary:
-        run(args)
+        run_folds(args) if args.folds else run(args)
     results = pd.read_json(args.work / "results.jsonl", lines=True)
     if args.paired:  # only the (community, seed) runs that every system has, at every k it was run at
         runs = results.groupby(["community", "seed"])["system"].nunique()

@@ -10,14 +10,17 @@ import argparse
 import json
 import sys
 
-from rulebert.core.config import TrainConfig, settings
+from rulebert.core.config import MODERATION_RECIPE, TrainConfig, settings
 from rulebert.core.errors import RulebertError
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The flags as a :class:`TrainConfig` (one flag per field, :func:`~rulebert.core.config.settings`),
     which checks them (a bad value is a one-line error)."""
-    return TrainConfig(**{setting.name: getattr(args, setting.name) for setting in settings(TrainConfig)})
+    values = {setting.name: getattr(args, setting.name) for setting in settings(TrainConfig)}
+    if getattr(args, "decisions", None) is not None:  # rulebooks are long rule texts: their own recipe
+        values |= {name: value for name, value in MODERATION_RECIPE.items() if values[name] is None}
+    return TrainConfig(**values)
 
 
 def _quiet_libraries() -> None:
@@ -61,6 +64,23 @@ def _check_listen(host: str, port: int) -> None:
             raise RulebertError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
 
 
+EXIT_NOT_LEARNED = 3
+"""``train`` / ``run`` / ``adapt``: the model learned nothing (validation AUC at chance, constant scores, or
+the loss at ln 2). The model dir is written and its metrics.json says ``"learned": false``."""
+
+
+def _learned(metrics: dict, model_dir: object) -> int:
+    """0, or :data:`EXIT_NOT_LEARNED` after one line on stderr, for a run that learned nothing."""
+    if metrics.get("learned", True):
+        return 0
+    print(
+        f"rulebert: error: {model_dir}: the model learned nothing: {metrics.get('not_learned')} (written "
+        'anyway, marked "learned": false in metrics.json; try a lower --lr or more data)',
+        file=sys.stderr,
+    )
+    return EXIT_NOT_LEARNED
+
+
 def _is_rank_zero() -> bool:
     """False in the other processes of a ``torchrun`` / ``accelerate launch`` run."""
     import os
@@ -78,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.train,
         args.output_dir,
         args.test,
+        decisions_path=args.decisions,
         overwrite=args.overwrite,
         resume=args.resume,
         progress=not args.no_progress,
@@ -86,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if _is_rank_zero():  # under torchrun every process returns here; one summary is enough
         summary = {"model_dir": str(result.output_dir), "validation": result.metrics["validation"]}
         print(json.dumps(summary, indent=2))
+        return _learned(result.metrics, result.output_dir)
     return 0
 
 
@@ -141,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 {k: summary[k] for k in ("model_dir", "submission", "validation", "wall_seconds")}, indent=2
             )
         )
+        return _learned(summary, summary["model_dir"])
     return 0
 
 
@@ -232,7 +255,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         "validation": result.metrics.get("validation"),
     }
     print(json.dumps(summary, indent=2))
-    return 0
+    return _learned(result.metrics, result.output_dir)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

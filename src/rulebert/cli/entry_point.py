@@ -25,7 +25,7 @@ from rulebert.cli.commands import (
     cmd_serve,
     cmd_train,
 )
-from rulebert.core.config import DEFAULT_MODEL, MPNET, RECIPES, TrainConfig, settings
+from rulebert.core.config import DEFAULT_MODEL, MODERATION_RECIPE, MPNET, RECIPES, TrainConfig, settings
 from rulebert.core.errors import RulebertError
 from rulebert.core.logs import attach_stderr_handler
 
@@ -85,8 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="fine-tune a model on a labelled CSV")
-    train.add_argument("--train", required=True, type=Path, help="train.csv (needs rule_violation)")
+    train = commands.add_parser(
+        "train", help="fine-tune a model on a labelled CSV and/or moderators' decision logs"
+    )
+    train.add_argument("--train", type=Path, help="train.csv (needs rule_violation)")
+    train.add_argument(
+        "--decisions",
+        type=Path,
+        metavar="DIR",
+        help="a folder of rules.jsonl + comments.csv (subreddit, body, removed): each community's decisions "
+        "become (rulebook, comment) rows; unset --epochs/--lr/--max-length take the moderation recipe "
+        f"({', '.join(f'{k} {v:g}' for k, v in MODERATION_RECIPE.items())})",
+    )
     train.add_argument("--test", type=Path, help="a test.csv whose example columns become training rows")
     train.add_argument("--output-dir", required=True, type=Path, help="where the model dir is written")
     _add_train_options(train)

@@ -32,6 +32,11 @@ RECIPES: dict[str, dict[str, Any]] = {
 loro ablation; mpnet's lower lr is the usual one for a 12-layer, 768-wide encoder, measured in the same
 protocol)."""
 
+MODERATION_RECIPE: dict[str, Any] = {"epochs": 1.0, "lr": 2e-5, "max_length": 192}
+"""What ``rulebert train --decisions`` sets where a flag is not given (``make moderation``): rulebooks are
+long rule texts (median 429 tokens), on which MiniLM at lr 1e-4 collapsed to a constant (loss ln 2); the
+numbers are measured leave-communities-out in docs/evaluation.md."""
+
 
 @dataclass
 class TrainConfig:
@@ -129,6 +134,11 @@ class TrainConfig:
     """bf16 mixed precision (autocast; the master weights stay fp32): ``auto`` uses it on a CUDA GPU that
     supports it and on a CPU with bf16 instructions (AVX512-BF16 or AMX), where it trains ~1.8x faster than
     fp32 with the same loro AUC (README, Speed); ``off`` trains in fp32."""
+    decisions_per_label: int = field(
+        default=60, metadata={"help": "with --decisions: removed (and as many kept) comments per community"}
+    )
+    """With ``--decisions``: at most this many removed and as many kept comments per community become
+    training rows (balanced, drawn with ``seed``), so that no community's size or removal rate dominates."""
     save_steps: int | None = field(
         default=None, metadata={"help": "also checkpoint every N steps (default: each epoch)"}
     )
@@ -152,6 +162,8 @@ class TrainConfig:
             raise RulebertError(
                 "--epochs, --lr and --batch-size must be positive and --max-length at least 16"
             )
+        if self.decisions_per_label < 1:
+            raise RulebertError(f"--decisions-per-label must be at least 1, got {self.decisions_per_label}")
         if self.save_steps is not None and self.save_steps <= 0:
             raise RulebertError("--save-steps must be positive")
         if not 0 <= self.val_fraction < 1:

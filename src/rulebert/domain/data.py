@@ -271,12 +271,19 @@ def dedupe_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, DedupeStats]:
 
 
 def labelled_rows(
-    train: pd.DataFrame, test: pd.DataFrame | None = None, *, dedupe: bool = True
+    train: pd.DataFrame | None,
+    test: pd.DataFrame | None = None,
+    *,
+    dedupe: bool = True,
+    more: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, DedupeStats]:
-    """All training rows: train bodies, train examples and (when given) the test file's examples."""
-    parts = [body_rows(train), example_rows(train)]
+    """All training rows: train bodies, train examples, (when given) the test file's examples and ``more``
+    labelled rows (a decision log's, :func:`rulebert.domain.decisions.decision_rows`)."""
+    parts = [] if train is None else [body_rows(train), example_rows(train)]
     if test is not None:
         parts.append(example_rows(test))
+    if more is not None:
+        parts.append(more)
     rows = pd.concat(parts, ignore_index=True)
     rows[LABEL] = rows[LABEL].astype(int)
     if dedupe:

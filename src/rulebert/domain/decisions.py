@@ -70,7 +70,7 @@ class DecisionLog:
 
 def _read_rulebooks(path: Path) -> dict[str, str]:
     if not path.is_file():
-        raise RulebertError(f"{path}: file not found (a decisions folder holds {RULES_FILE} and {COMMENTS_FILE})")
+        raise RulebertError(f"{path}: file not found (a decisions folder: {RULES_FILE}, {COMMENTS_FILE})")
     books: dict[str, str] = {}
     with open(path, "rb") as handle:
         for where, record in json_objects(handle, str(path)):
@@ -87,7 +87,7 @@ def _read_rulebooks(path: Path) -> dict[str, str]:
                 raise RulebertError(f"{where}: subreddit {name.strip()!r} appears twice")
             book = rulebook_text(rules)
             if not book:
-                raise RulebertError(f"{where}: subreddit {name.strip()!r} has no rule that applies to comments")
+                raise RulebertError(f"{where}: {name.strip()!r} has no rule that applies to comments")
             books[name.strip()] = book
     if not books:
         raise RulebertError(f"{path}: no communities")
@@ -99,7 +99,7 @@ def read_decisions(folder: str | os.PathLike) -> DecisionLog:
     column of anything wrong (a missing column, a label not 0/1, an empty body, a community without rules)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise RulebertError(f"{folder}: not a folder (--decisions takes a folder of {RULES_FILE} + {COMMENTS_FILE})")
+        raise RulebertError(f"{folder}: not a folder (--decisions: {RULES_FILE} + {COMMENTS_FILE})")
     books = _read_rulebooks(folder / RULES_FILE)
     path = folder / COMMENTS_FILE
     frame = D.read_table(path)
@@ -123,7 +123,8 @@ def read_decisions(folder: str | os.PathLike) -> DecisionLog:
     if unknown.any():
         index = int(np.flatnonzero(unknown)[0])
         name = frame[D.SUBREDDIT].iloc[index][:60]
-        raise RulebertError(f"{D.where(path, frame, index, D.SUBREDDIT)}: {name!r} has no rules in {RULES_FILE}")
+        where = D.where(path, frame, index, D.SUBREDDIT)
+        raise RulebertError(f"{where}: {name!r} has no rules in {RULES_FILE}")
     frame[REMOVED] = values.isin(["1", "1.0", "true"]).astype(int)
     fingerprint = {
         "rules": D.file_fingerprint(folder / RULES_FILE),
@@ -142,8 +143,6 @@ def decision_rows(
     ``communities``) up to ``per_label`` removed and as many kept comments, drawn at random (``seed``),
     balanced: a community with fewer of one label gives that many of each. A community with no decision of
     either label gives none (a removal rate of 0 or 1 teaches nothing of what is removed)."""
-    if per_label < 1:
-        raise RulebertError(f"--decisions-per-label must be at least 1, got {per_label}")
     wanted = set(log.communities if communities is None else communities)
     parts = []
     for name, group in log.comments.groupby(D.SUBREDDIT, sort=True):

@@ -138,3 +138,32 @@ def paired_bootstrap_drop(
         if not (math.isnan(a) or math.isnan(b)):
             drops.append(a - b)
     return float(np.percentile(drops, 2.5)) if drops else math.inf
+
+
+CHANCE_AUC = 0.55
+"""A validation AUC below this is chance: the model ranks the held-out rows no better than a coin."""
+LN2 = math.log(2.0)
+CONSTANT_SCORES = 1e-4
+"""Validation probabilities whose standard deviation is below this are one constant: a collapsed model."""
+
+
+def learning_failure(
+    validation: dict[str, Any] | None, train_losses: Sequence[float], val_scores: np.ndarray
+) -> str | None:
+    """Why a training run learned nothing, or None when it learned something: its validation scores are
+    one constant, its validation AUC (column-averaged where there are rules, else pooled) is below
+    :data:`CHANCE_AUC`, or, without validation rows, its training loss ended at ln 2 (a binary classifier
+    that predicts 0.5 for every row)."""
+    if len(val_scores) > 1 and float(np.std(val_scores)) < CONSTANT_SCORES:
+        return f"every validation row scores {float(np.mean(val_scores)):.4f} (a collapsed model)"
+    if validation:
+        value = validation.get("col_auc")
+        if value is None or not math.isfinite(value):
+            value = validation.get("roc_auc")
+        if value is not None and math.isfinite(value) and value < CHANCE_AUC:
+            return f"validation AUC {value:.3f} is chance (below {CHANCE_AUC})"
+        return None
+    tail = [float(x) for x in train_losses[-max(1, len(train_losses) // 4) :]]
+    if tail and min(tail) >= LN2 - 0.005:
+        return f"the training loss stayed at ln 2 ({tail[-1]:.4f})"
+    return None

@@ -31,7 +31,8 @@ from rulebert.core.errors import RulebertError
 from rulebert.core.files import write_json_atomic
 from rulebert.domain import data as D
 from rulebert.domain.calibration import CalibratedValidation, calibrate_fit
-from rulebert.domain.metrics import classification_metrics
+from rulebert.domain.decisions import decision_rows, read_decisions
+from rulebert.domain.metrics import classification_metrics, learning_failure
 from rulebert.domain.text import encode_frame
 from rulebert.model.backbones import embedder_checkpoint, load_checkpoint, resolve_checkpoint
 from rulebert.model.model_dir import (
@@ -82,18 +83,30 @@ def select_training_rules(rows: pd.DataFrame, target_rules: Any, config: TrainCo
 
 
 def prepare_rows(
-    config: TrainConfig, train_path: str | os.PathLike, test_path: str | os.PathLike | None
+    config: TrainConfig,
+    train_path: str | os.PathLike | None,
+    test_path: str | os.PathLike | None,
+    decisions_path: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Labelled rows for training (with a test file: only its rules', see :func:`select_training_rules`)
-    and the data fingerprint recorded with the model."""
-    train_frame = D.read_csv(train_path, labelled=True)
+    """Labelled rows for training (with a test file: only its rules' and the decisions', see
+    :func:`select_training_rules`) and the data fingerprint recorded with the model. ``decisions_path``: a
+    folder of moderators' decisions (:mod:`rulebert.domain.decisions`), alone or beside ``train_path``."""
+    if train_path is None and decisions_path is None:
+        raise RulebertError("nothing to train on: give --train (a labelled CSV) or --decisions (a folder)")
+    train_frame = D.read_csv(train_path, labelled=True) if train_path is not None else None
     test_frame = D.read_csv(test_path, labelled=False) if test_path and config.use_test_examples else None
-    rows, stats = D.labelled_rows(train_frame, test_frame, dedupe=config.dedupe)
+    log = read_decisions(decisions_path) if decisions_path is not None else None
+    more = decision_rows(log, config.decisions_per_label, config.seed) if log is not None else None
+    rows, stats = D.labelled_rows(train_frame, test_frame, dedupe=config.dedupe, more=more)
     if test_frame is not None:
-        rows = select_training_rules(rows, test_frame[D.RULE], config)
+        targets = set(test_frame[D.RULE]) | (set(more[D.RULE]) if more is not None else set())
+        rows = select_training_rules(rows, targets, config)
     fingerprint = {
-        "train": D.file_fingerprint(train_path),
+        "train": D.file_fingerprint(train_path) if train_path is not None else None,
         "test": D.file_fingerprint(test_path) if test_frame is not None else None,
+        "decisions": {**log.fingerprint, "communities": len(log.rulebooks), "rows": len(more)}
+        if log is not None
+        else None,
         "rows": len(rows),
         "dedupe": asdict(stats),
         "rules": sorted(rows[D.RULE].unique().tolist()),  # scored in mode "trained" (see predict.Scorer)
@@ -311,10 +324,11 @@ def export_embedder_or_warn(model_dir: Path, base_model: str) -> None:
 
 def train_model(
     config: TrainConfig,
-    train_path: str | os.PathLike,
+    train_path: str | os.PathLike | None,
     output_dir: str | os.PathLike,
     test_path: str | os.PathLike | None = None,
     *,
+    decisions_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     resume: bool = False,
     keep_checkpoints: bool = False,
@@ -323,7 +337,8 @@ def train_model(
     export_embedder: bool = True,
     export_int8: bool = True,
 ) -> TrainResult:
-    """Train on ``train_path`` (+ the example columns of ``test_path``); save the model to ``output_dir``.
+    """Train on ``train_path`` (+ the example columns of ``test_path``, + the moderators' decisions of the
+    ``decisions_path`` folder); save the model to ``output_dir``.
 
     With validation rows, ``calibration`` ("platt", "isotonic" or "none") is fitted on them and saved as
     ``calibration.json``; metrics.json gets the F1-best ``threshold``; report.html is written beside.
@@ -344,7 +359,7 @@ def train_model(
             f"{output_dir}: not empty and holds no rulebert model or run; choose a new or empty "
             "--output-dir, or pass --overwrite to save the model into it (its other files are kept)"
         )
-    rows, fingerprint = prepare_rows(config, train_path, test_path)
+    rows, fingerprint = prepare_rows(config, train_path, test_path, decisions_path)
     if not overwrite and not resume:
         check_output_dir(output_dir, config, fingerprint)
         if read_record(output_dir) is None and complete_checkpoints(output_dir / CHECKPOINT_DIR):
@@ -395,6 +410,12 @@ def save_fit(
     """
     metrics = fit.metrics
     calibrated = _calibrate_validation(fit, calibration)  # adds metrics threshold, calibration
+    losses = [e["loss"] for e in fit.trainer.state.log_history if "loss" in e]
+    failure = learning_failure(metrics.get("validation"), losses, calibrated.scores)
+    metrics["train_loss"] = losses[-1] if losses else None
+    metrics["learned"] = failure is None  # False: the CLI exits with EXIT_NOT_LEARNED (the dir is kept)
+    if failure is not None:
+        metrics["not_learned"] = failure
     calibration_file = calibrated.calibrator_json
     if inherited is not None and calibrated.calibrator is None:
         calibration_file = inherited[0]
@@ -434,7 +455,11 @@ def _export_int8(fit: FitResult, calibrated: CalibratedValidation, model_dir: Pa
         rules = np.zeros(len(features))  # one column: the check needs the ranking, not the rule split
         scores = predict_features(fit.model, fit.tokenizer, features, progress=False)
     try:
-        return export_int8_checked(model_dir, features, scores, labels, rules)
+        check = export_int8_checked(model_dir, features, scores, labels, rules)
     except Exception as err:  # an exporter or quantiser problem must not lose a trained model
-        logger.warning("%s: model.int8.onnx not exported (%s)", model_dir, err)
-        return {"written": False, "reason": " ".join(str(err).split())[:300]}
+        check = {"written": False, "reason": " ".join(str(err).split())[:300]}
+    if not check["written"]:
+        logger.warning(
+            "%s: model.int8.onnx not exported (%s); scoring uses torch", model_dir, check["reason"]
+        )
+    return check
