@@ -91,19 +91,22 @@ def _is_rank_zero() -> bool:
 def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     _quiet_libraries()
+    import contextlib
+
     from rulebert.training.train import train_model
 
-    result = train_model(
-        config,
-        args.train,
-        args.output_dir,
-        args.test,
-        decisions_path=args.decisions,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.no_progress,
-        export_int8=not args.no_export,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines: stdout is the JSON summary
+        result = train_model(
+            config,
+            args.train,
+            args.output_dir,
+            args.test,
+            decisions_path=args.decisions,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            progress=not args.no_progress,
+            export_int8=not args.no_export,
+        )
     if _is_rank_zero():  # under torchrun every process returns here; one summary is enough
         summary = {"model_dir": str(result.output_dir), "validation": result.metrics["validation"]}
         print(json.dumps(summary, indent=2))
@@ -146,17 +149,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     _quiet_libraries()
+    import contextlib
+
     from rulebert.pipeline import run_competition
 
-    summary = run_competition(
-        args.data_dir,
-        args.output_dir,
-        config,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.no_progress,
-        export_int8=not args.no_export,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines: stdout is the JSON summary
+        summary = run_competition(
+            args.data_dir,
+            args.output_dir,
+            config,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            progress=not args.no_progress,
+            export_int8=not args.no_export,
+        )
     if _is_rank_zero():
         print(
             json.dumps(

@@ -119,6 +119,32 @@ def _data_section(
                 else ""
             )
             lines += [f"The test file's example columns became labelled rows{only}.", ""]
+    decisions = _dict(data.get("decisions"))
+    communities = [c for c in decisions.get("communities") or [] if isinstance(c, str)]
+    if decisions:
+        per_label = _number(config.get("decisions_per_label"))
+        lines += [
+            f"Moderators' decisions: {_number(decisions.get('rows'))} (rulebook, comment) rows from "
+            f"{len(communities)} communities' keep/remove logs (up to {per_label} removed and as many kept "
+            "comments per community; each row's rule text is its community's rulebook). Communities: "
+            + ", ".join(_text(c) for c in communities[:MAX_RULES_LISTED])
+            + (
+                f" and {len(communities) - MAX_RULES_LISTED} more."
+                if len(communities) > MAX_RULES_LISTED
+                else "."
+            ),
+            "",
+            "| file | name | bytes | SHA-256 |",
+            "|---|---|---|---|",
+        ]
+        for role in ("rules", "comments"):
+            entry = _dict(decisions.get(role))
+            name = str(entry.get("path", "")).replace("\\", "/").rsplit("/", 1)[-1]
+            lines.append(
+                f"| decisions {role} | {_text(name)} | {_number(entry.get('bytes'))} "
+                f"| `{_text(entry.get('sha256'))}` |"
+            )
+        lines.append("")
     rows = data.get("rows")
     split = ""
     if metrics.get("train_rows") is not None:
@@ -140,7 +166,13 @@ def _data_section(
         lines.append(
             f"Adapted from the model dir {_text(adapted.get('from'))} on {_number(adapted.get('rows'))} rows."
         )
-    rules = [r for r in data.get("rules") or [] if isinstance(r, str)]
+    rulebooks = {r for r in data.get("rulebooks") or [] if isinstance(r, str)}
+    rules = [r for r in data.get("rules") or [] if isinstance(r, str) and r not in rulebooks]
+    if rulebooks:
+        lines += [
+            "",
+            f"Rulebooks trained on: {len(rulebooks)} (one per community; scored in mode `trained`).",
+        ]
     if rules:
         lines += ["", f"Rules trained on ({len(rules)}; scored in mode `trained`):", ""]
         lines += [f"- {_text(rule)}" for rule in rules[:MAX_RULES_LISTED]]

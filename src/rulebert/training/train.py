@@ -104,9 +104,10 @@ def prepare_rows(
     fingerprint = {
         "train": D.file_fingerprint(train_path) if train_path is not None else None,
         "test": D.file_fingerprint(test_path) if test_frame is not None else None,
-        "decisions": {**log.fingerprint, "communities": len(log.rulebooks), "rows": len(more)}
+        "decisions": {**log.fingerprint, "communities": sorted(set(more[D.SUBREDDIT])), "rows": len(more)}
         if log is not None
         else None,
+        "rulebooks": sorted(set(more[D.RULE])) if more is not None else [],
         "rows": len(rows),
         "dedupe": asdict(stats),
         "rules": sorted(rows[D.RULE].unique().tolist()),  # scored in mode "trained" (see predict.Scorer)
