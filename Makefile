@@ -6,7 +6,7 @@ DATA   ?= ../shared/data/jigsaw-agile-community-rules
 OUT    ?= runs/competition
 RUN_ARGS ?=
 
-.PHONY: run test lint bench bench-communities venv mpnet wheelhouse clean
+.PHONY: run moderation test lint bench bench-communities venv mpnet wheelhouse clean
 
 # The venv is rebuilt when pyproject.toml or constraints.txt changes. pyproject.toml accepts any torch>=2.6;
 # constraints.txt pins torch==2.13.0 here: pip takes the CPU build from the local wheel folder instead of
@@ -27,6 +27,17 @@ mpnet: venv
 run: venv
 	$(VENV)/bin/rulebert run --data-dir $(DATA) --output-dir $(OUT) --overwrite $(RUN_ARGS)
 	@echo "submission: $(OUT)/submission.csv   report: $(OUT)/report.md"
+
+# The moderation model: what moderators remove, learned from many communities' keep/remove decisions
+# (../shared/data/communities: rules.jsonl + comments.csv), each row a (rulebook, comment) pair. A normal model
+# dir: score --examples, adapt, serve and RULES.jsonl take it as they take the competition model.
+DECISIONS ?= ../shared/data/communities
+MODERATION_OUT ?= runs/moderation
+MODERATION_ARGS ?=
+moderation: venv
+	$(VENV)/bin/rulebert train --decisions $(DECISIONS) --output-dir $(MODERATION_OUT)/model --overwrite \
+	  $(MODERATION_ARGS)
+	@echo "model: $(MODERATION_OUT)/model   card: $(MODERATION_OUT)/model/README.md"
 
 # The web page test drives Debian's headless Chromium (never `playwright install`); CI runs as root.
 CHROMIUM := /usr/bin/chromium
