@@ -205,6 +205,25 @@ def line_of(
     }
 
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    # --variants: the product with one setting of domain.examples changed, scored beside it (same process,
+    # same memoised cross-encoder scores and embeddings, fresh example models)
+    "weights-skill": {"MEMBER_WEIGHTS": "skill"},
+    "weights-fixed": {"MEMBER_WEIGHTS": "fixed"},
+}
+_DEFAULTS: dict[str, Any] = {}
+
+
+def use_variant(scorer: Any, variant: str) -> None:
+    """Set ``domain.examples`` to ``variant``'s settings ("" = the product's own) and forget fitted rules."""
+    from rulebert.domain import examples
+
+    for attribute in {a for settings in VARIANTS.values() for a in settings}:
+        _DEFAULTS.setdefault(attribute, getattr(examples, attribute))
+        setattr(examples, attribute, VARIANTS.get(variant, {}).get(attribute, _DEFAULTS[attribute]))
+    scorer._example_models = examples.ExampleModelCache()
+
+
 def product_scores(
     scorer: Any, rule: str, texts: list[str], examples: dict[str, list[str]] | None
 ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -251,10 +270,13 @@ def run(args: argparse.Namespace) -> None:
             examples_of, scored = split(community, seed, args.ks)
             scored_texts = [community.bodies[i] for i in scored]
             # the product's systems: zero-shot (k = 0, no examples) and mode examples at each k
-            product_runs = [("zero-shot", 0, None)] + [("examples", k, examples_of[k]) for k in args.ks]
-            for system, k, chosen in product_runs:
-                name = f"{system}+{args.tag}" if args.tag else system  # e.g. examples+mpnet-embedder
+            product_runs = [("zero-shot", 0, None, "")] + [
+                ("examples", k, examples_of[k], variant) for k in args.ks for variant in ["", *args.variants]
+            ]
+            for system, k, chosen, variant in product_runs:
+                name = "+".join(filter(None, [system, args.tag, variant]))  # e.g. examples+mpnet-embedder
                 if system in systems and (name, community.name, seed, k) not in done:
+                    use_variant(scorer, variant)
                     given = None
                     if chosen is not None:
                         given = {
@@ -547,6 +569,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0,
         help="leave-communities-out: F >= 2 folds of communities, each held out once from a model trained "
         "(rulebert train --decisions) on the others; --model-dir is then unused",
+    )
+    parser.add_argument(
+        "--variants",
+        type=lambda s: [v for v in s.split(",") if v],
+        default=[],
+        help=f"also score mode examples with these settings changed ({', '.join(VARIANTS)}): examples+NAME",
     )
     parser.add_argument("--fold-seed", type=int, default=0, help="--folds: how communities are dealt")
     parser.add_argument("--only-fold", type=int, default=None, help="--folds: run this fold only")

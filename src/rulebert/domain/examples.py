@@ -169,6 +169,21 @@ class _Scale:
         return (np.asarray(values, dtype=np.float64) - self.mean) / self.std
 
 
+MEMBER_WEIGHTS = "fixed"
+"""How the examples model weighs its members: ``fixed`` (TF-IDF and embedding 1 each, the cross-encoder
+``max(0, 2 * AUC - 1)`` on the examples) or ``skill`` (every member ``max(0, 2 * AUC - 1)`` of its own
+out-of-fold scores of the examples, the cross-encoder's on the examples: a cross-encoder that knows what
+moderators remove weighs as much as it ranks). Measured leave-communities-out in docs/evaluation.md."""
+
+
+def _skill(labels: np.ndarray, scores: np.ndarray) -> float:
+    """``max(0, 2 * AUC - 1)`` of finite scores: 0 for a member ranking the examples no better than chance."""
+    finite = np.isfinite(scores)
+    if len(np.unique(labels[finite])) < 2:
+        return 0.0
+    return max(0.0, 2 * auc(labels[finite], scores[finite]) - 1)
+
+
 @dataclass
 class ExampleModel:
     """A per-rule scorer fitted on one rule's examples (see the module docstring)."""
@@ -178,6 +193,8 @@ class ExampleModel:
     """``max(0, 2 * AUC - 1)`` of the cross-encoder on the examples: 0 when it ranks them no better than
     chance."""
     methods: list[str] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=dict)
+    """Each member's weight in the sum (see :data:`MEMBER_WEIGHTS`)."""
     _tfidf: Callable | None = None
     _embedding: Callable | None = None
     _scales: dict[str, _Scale] = field(default_factory=dict)
@@ -224,6 +241,11 @@ class ExampleModel:
             oof["cross-encoder"] = ce
         model.methods = list(oof)
         model._scales = {name: _Scale.of(values) for name, values in oof.items()}
+        model.weights = {name: 1.0 for name in model.methods} | {"cross-encoder": weight}
+        if MEMBER_WEIGHTS == "skill" and not trained:
+            skills = {name: _skill(labels, values) for name, values in oof.items()}
+            if any(skills.values()):  # no member ranks the examples: all count alike, as in "fixed"
+                model.weights = skills
         if trained:  # the in-sample quantiles would make a near-step Platt: fit it on the honest part only
             honest = [model._scales[n](oof[n]) for n in model.methods if n != "cross-encoder"]
             model._platt = _examples_platt(labels, np.mean(honest, axis=0))
@@ -241,8 +263,7 @@ class ExampleModel:
             return 4.0 * below / (2 * len(reference)) - 2.0 + np.mean(members, axis=0)
         total = 0.0
         for name in self.methods:
-            weight = self.cross_encoder_weight if name == "cross-encoder" else 1.0
-            total = total + weight * np.nan_to_num(self._scales[name](scores[name]))
+            total = total + self.weights[name] * np.nan_to_num(self._scales[name](scores[name]))
         return np.asarray(total, dtype=np.float64)
 
     def score(
@@ -257,7 +278,9 @@ class ExampleModel:
         if "cross-encoder" in self.methods:
             scores["cross-encoder"] = logit(cross_encoder_scores, _EPS)
         slope, intercept = self._platt
-        return 1.0 / (1.0 + np.exp(-(slope * self._combine(scores) + intercept)))
+        return shrink_to_evidence(
+            1.0 / (1.0 + np.exp(-(slope * self._combine(scores) + intercept))), len(self.examples.texts)
+        )
 
     def nearest(self, vectors: np.ndarray) -> list[dict[str, Any]]:
         """For each comment, the labelled example most similar to it (cosine of sentence embeddings): the
@@ -271,6 +294,14 @@ class ExampleModel:
             {"text": texts[j], "label": int(labels[j]), "similarity": round(float(similarity[i, j]), 4)}
             for i, j in enumerate(best)
         ]
+
+
+def shrink_to_evidence(probabilities: np.ndarray, examples: int) -> np.ndarray:
+    """``(n * p + 1) / (n + 2)`` for ``n`` labelled examples (Laplace's rule of succession): a probability
+    learnt from n examples claims no more certainty than (n + 1) / (n + 2). With 2 + 2 examples the answers
+    stay within [1/6, 5/6] instead of 3e-9 .. 0.9999999989. Monotone, and 0.5 stays 0.5: every AUC and
+    every ``flagged`` (at 0.5 in mode examples) is unchanged."""
+    return (examples * np.asarray(probabilities, dtype=np.float64) + 1.0) / (examples + 2.0)
 
 
 def _examples_platt(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
