@@ -1,8 +1,8 @@
 """JSON Lines, read one way everywhere: comments to score, decision logs and RULES.jsonl.
 
 Each object comes with ``where`` (``NAME: line N``) for the caller's own one-line errors; a line that is not
-UTF-8, holds a NUL byte, is not JSON, is not an object, or holds a lone surrogate (valid JSON, but no text)
-is an error here, named the same way whichever file it is in.
+UTF-8, holds a NUL byte, is not JSON, is not an object, is nested more than ``MAX_DEPTH`` levels deep, or
+holds a lone surrogate (valid JSON, but no text) is an error here, named the same way whichever file it is in.
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain.text import surrogate_problem
+
+MAX_DEPTH = 100
+"""Arrays and objects nested deeper than this are refused. No comment or rule needs it, and Python's json
+gives up with a ``RecursionError`` near 1,000 levels, reading or writing the record back, at a depth that
+depends on the caller's own stack: one fixed limit, well below that, is the same error everywhere."""
 
 
 def decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
@@ -49,16 +54,42 @@ def check_unicode(record: dict[str, Any], where: str) -> None:
             raise RulebertError(f"{where}, {label}: {problem}")
 
 
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` (parsed JSON) nests arrays / objects more than ``limit`` levels deep (no recursion:
+    the walk itself must not hit the limit it checks)."""
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _parsed(line: str, where: str) -> Any:
+    deep = f"{where}: JSON nested more than {MAX_DEPTH} levels deep"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RulebertError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:  # the parser's own limit
+        raise RulebertError(deep) from None
+    # only a line with that many brackets can be that deep: the walk is skipped for every usual line
+    if line.count("[") + line.count("{") > MAX_DEPTH and too_deep(record):
+        raise RulebertError(deep)
+    return record
+
+
 def json_objects(handle: IO[bytes], name: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, object) for each non-blank line of a JSON Lines file opened in binary."""
     for number, line in enumerate(decoded_lines(handle, name), start=1):
         if not line.strip():
             continue
         where = f"{name}: line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RulebertError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        record = _parsed(line, where)
         if not isinstance(record, dict):
             raise RulebertError(f"{where}: expected a JSON object, got {type(record).__name__}")
         if "\\u" in line:  # only an escape can put a lone surrogate in decoded UTF-8
