@@ -229,7 +229,7 @@ def test_a_trained_rule_blends_with_enough_examples_and_keeps_its_mode(trained):
 
 
 def test_predict_file_pools_each_rules_example_cells(trained, tmp_path):
-    from rulebert.inference.predict import pooled_examples, predict_file
+    from rulebert.pipeline import pooled_examples, predict_file
 
     from .conftest import make_frame
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from rulebert.core.config import TrainConfig
-from rulebert.inference.predict import predict_file
+from rulebert.pipeline import predict_file
 from rulebert.training.train import train_model
 
 from .conftest import make_frame

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rulebert import pipeline
 from rulebert.cli import main
 from rulebert.core.errors import RulebertError
 from rulebert.inference import predict as P
@@ -62,7 +63,9 @@ def test_predict_failing_mid_way_leaves_no_file(trained, tmp_path, monkeypatch):
     folder, model_dir = trained
     _fail_on_call(monkeypatch, P.Scorer, "score", 2, RuntimeError("out of memory"))  # the 2nd of 3 chunks
     with pytest.raises(RuntimeError, match="out of memory"):
-        P.predict_file(model_dir, folder / "test.csv", tmp_path / "sub.csv", progress=False, chunk_rows=4)
+        pipeline.predict_file(
+            model_dir, folder / "test.csv", tmp_path / "sub.csv", progress=False, chunk_rows=4
+        )
     assert _files(tmp_path) == []
 
 
@@ -77,7 +80,7 @@ def test_predict_csv_writer_failing_half_way_keeps_the_old_submission(trained, t
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        P.predict_file(model_dir, folder / "test.csv", tmp_path / "sub.csv", progress=False)
+        pipeline.predict_file(model_dir, folder / "test.csv", tmp_path / "sub.csv", progress=False)
     assert _files(tmp_path) == ["sub.csv"] and (tmp_path / "sub.csv").read_bytes() == old
 
 

@@ -5,7 +5,8 @@ import pandas as pd
 import torch
 
 from rulebert.backend.torch_backend import predict_features
-from rulebert.inference.predict import Scorer, predict_file
+from rulebert.inference.predict import Scorer
+from rulebert.pipeline import predict_file
 
 
 def test_chunked_predict_file_matches_one_chunk(model_dir, data_dir, tmp_path):

@@ -35,17 +35,6 @@ _LAZY = {
     "StoredRule": "rulebert.domain.rules",
     "read_rules_jsonl": "rulebert.domain.rules",
 }
-# The flat modules of rulebert <= 0.1, so that ``from rulebert import train`` (then ``train.train_model``)
-# keeps working. ``rulebert.evaluate`` is the function above; its module is rulebert.evaluation.evaluate.
-_MOVED_MODULES = {
-    "train": "rulebert.training.train",
-    "predict": "rulebert.inference.predict",
-    "adapt": "rulebert.training.adapt",
-    "export": "rulebert.backend.export",
-    "score": "rulebert.scoring.local",
-    "rules": "rulebert.domain.rules",
-    "data": "rulebert.domain.data",
-}
 
 __all__ = ["RulebertError", "TrainConfig", "__version__", *_LAZY]
 
@@ -53,10 +42,8 @@ __all__ = ["RulebertError", "TrainConfig", "__version__", *_LAZY]
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
-    if name in _MOVED_MODULES:
-        return import_module(_MOVED_MODULES[name])
     raise AttributeError(f"module 'rulebert' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY, *_MOVED_MODULES])
+    return sorted([*globals(), *_LAZY])

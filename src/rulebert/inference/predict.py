@@ -103,10 +103,6 @@ class Scorer:
         self._example_models = ExampleModelCache()
 
     @property
-    def train_config(self) -> TrainConfig:
-        return self.config
-
-    @property
     def threshold(self) -> float:
         """The decision threshold the model dir recommends (``metrics.json`` ``threshold``), else 0.5."""
         return float(self.metrics.get("threshold", 0.5))
@@ -382,14 +378,3 @@ def _examples_for(examples: RuleExamples | dict[str, Any] | None, rule: str) -> 
     if set(examples) <= {"positive", "negative"}:
         return RuleExamples.of(examples.get("positive"), examples.get("negative"))
     return _examples_for(examples.get(rule), rule)
-
-
-def __getattr__(name: str) -> Any:
-    """The Kaggle submission writer moved to :mod:`rulebert.pipeline` (the competition flow); its old names
-    here stay importable for existing code. Resolved by name at first use, so this module does not depend
-    on the front-end layer (nothing in inference calls them)."""
-    if name in ("predict_file", "check_submission", "pooled_examples", "SUBMISSION_COLUMNS"):
-        import importlib
-
-        return getattr(importlib.import_module("rulebert.pipeline"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
