@@ -68,3 +68,21 @@ def test_the_depth_limit_is_exact_and_below_what_python_parses(tmp_path):
         pytest.raises(RulebertError, match=f"line 1: JSON nested more than {jsonl.MAX_DEPTH}"),
     ):
         list(jsonl.json_objects(handle, "deep"))
+
+
+# --- 2. duplicate CSV columns -----------------------------------------------------------------------------
+
+
+def test_score_refuses_a_csv_with_a_duplicate_column(model_dir, tmp_path):
+    comments = tmp_path / "dup.csv"
+    comments.write_text("body,x,body\nfirst comment,1,second comment\n")
+    code, out, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", comments)
+    assert code == 2 and out == ""
+    assert one_error_line(err).endswith(f"{comments}: line 1: duplicate column 'body'")
+    # the examples file too (read by the same reader), before any model loads
+    examples = tmp_path / "examples.csv"
+    examples.write_text("text,label,label\nbuy now,1,0\n")
+    code, _, err = run(
+        "score", "--model-dir", model_dir, "--rule", RULE, "--examples", examples, "--input", comments
+    )
+    assert code == 2 and one_error_line(err).endswith(f"{examples}: line 1: duplicate column 'label'")

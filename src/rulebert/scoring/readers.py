@@ -92,6 +92,10 @@ def csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple
         raise RulebertError(f"{name}: file is empty") from None
     except csv.Error as err:
         raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
+    # a record is written back as {column: cell}: of two columns of one name, one would silently go
+    duplicated = [column for i, column in enumerate(header) if column in header[:i]]
+    if duplicated:
+        raise RulebertError(f"{name}: line 1: duplicate column {duplicated[0][:80]!r}")
     text = header.index(pick_column(header, text_columns, name, "text"))
     sub = header.index("subreddit") if "subreddit" in header else None
 
