@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> None:
         for line in results_path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             done.add((row["system"], row["community"], row["seed"], row["k"]))
-    communities = load_communities(args.data, None if args.names else args.communities, _names(args))
+    communities = load_communities(args.data, args.communities, _names(args))
     systems = args.systems.split(",")
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
@@ -414,13 +414,16 @@ def fold_model(args: argparse.Namespace, fold: int, train_names: list[str]) -> P
 def run_folds(args: argparse.Namespace) -> None:
     """Leave-communities-out: each fold of communities is held out once; a model trained on the other folds'
     decisions (:func:`fold_model`) learns each held-out community from its k examples only."""
-    names = [c.name for c in load_communities(args.data, args.communities, _names(args))]
+    names = [c.name for c in load_communities(args.data)]  # folds of all: --communities limits the scoring
     folds = community_folds(names, args.folds, seed=args.fold_seed)
     for number, held in enumerate(folds):
         if args.only_fold is not None and number != args.only_fold:
             continue
         model = fold_model(args, number, [n for n in names if n not in held])
-        run(argparse.Namespace(**{**vars(args), "model_dir": model, "names": ",".join(held), "fold": number}))
+        scored = [n for n in held if not args.names or n in _names(args)]
+        if scored:
+            fold_args = {"model_dir": model, "names": ",".join(scored), "fold": number}
+            run(argparse.Namespace(**{**vars(args), **fold_args}))
 
 
 def _names(args: argparse.Namespace) -> list[str]:
