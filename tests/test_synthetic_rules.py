@@ -1,5 +1,5 @@
-"""benchmarks/synthetic_rules.py: rules labelled by functions over the competition's comments, written in the
-competition's layout that ``rulebert train`` reads (issue 25's synthetic-rules lever)."""
+"""benchmarks/experiments/synthetic_rules.py: rules labelled by functions over the competition's comments,
+written in the competition's layout that ``rulebert train`` reads (issue 25's synthetic-rules lever)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _load():
     spec = importlib.util.spec_from_file_location(
-        "synthetic_rules", ROOT / "benchmarks" / "synthetic_rules.py"
+        "synthetic_rules", ROOT / "benchmarks" / "experiments" / "synthetic_rules.py"
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there

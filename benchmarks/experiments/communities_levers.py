@@ -7,15 +7,13 @@ given the rulebook ranks these communities' comments near chance, so its weight,
 ``WORK/embeddings.npy``), then each variant is fitted on the same splits as ``benchmarks/communities.py``
 (same seeds, same scored rows) and scored. Prints column-averaged AUC per (variant, k).
 
-    python benchmarks/communities_levers.py [--work runs/communities-levers] [--seeds 0,1,2] [--ks 8,32,128]
-        [--variants product,emb-c10,...]
+    python -m benchmarks.experiments.communities_levers [--work runs/communities-levers] [--seeds 0,1,2]
+        [--ks 8,32,128] [--variants product,emb-c10,...]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,17 +23,13 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("communities_bench", HERE / "communities.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench
-_spec.loader.exec_module(bench)
+from benchmarks import communities as bench
 
 
 def embed_all(communities: list, work: Path, cache: Path | None, cached_only: bool) -> list[np.ndarray]:
     """Every comment's embedding: from ``cache`` (``benchmarks/communities.py`` saves the embeddings it met
     in WORK/embeddings.npz), the rest embedded here and saved in ``work``."""
-    from example_members import embedder_for
+    from benchmarks.experiments.example_members import embedder_for
 
     known: dict[str, np.ndarray] = {}
     for path in (cache, work / "embeddings.npz"):
@@ -82,7 +76,7 @@ def tuned_vectors(texts, labels, scored_texts, recipe: str) -> tuple[np.ndarray,
     """(examples' vectors, scored comments' vectors) from the MiniLM after ``steps`` contrastive steps on the
     examples (``contrastive_embedder``; 0 steps: the base MiniLM in fp32 torch, the control). Memoised per
     (examples, steps) so ``tuned40`` and ``tuned40+product`` share one tuning."""
-    from contrastive_embedder import embed, tune_embedder
+    from benchmarks.experiments.contrastive_embedder import embed, tune_embedder
 
     key = (tuple(texts), tuple(scored_texts), recipe)
     if key not in _TUNED:

@@ -3,10 +3,12 @@ with no cross-encoder at all (the cheap member: no fine-tuning), for MiniLM's an
 
 For each rule R of train.csv: R's example cells pooled over its rows (as ``rulebert predict`` pools a test
 file's) are the examples; R's comments whose text is not one of them are scored (the 879-comment loro
-cohort of ``benchmarks/run_loro.py``). Members: TF-IDF LR, embedding LR, and both (``ExampleModel`` with the
-cross-encoder given no weight). Prints per-rule and column-averaged AUC and the seconds each embedder took.
+cohort, :func:`rulebert.evaluation.evaluate.loro_cohort`). Members: TF-IDF LR, embedding LR, and both
+(``ExampleModel`` with the cross-encoder given no weight). Prints per-rule and column-averaged AUC and the
+seconds each embedder took.
 
-    python benchmarks/example_members.py [--data DIR] [--backbones default,mpnet] [--work runs/members]
+    python -m benchmarks.experiments.example_members [--data DIR] [--backbones default,mpnet]
+        [--work runs/members]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rulebert.backend.export import export_embedder
 from rulebert.backend.onnx_backend import OnnxEmbedder
 from rulebert.domain import data as D
 from rulebert.domain.examples import ExampleModel
+from rulebert.evaluation.evaluate import loro_cohort
 from rulebert.model.backbones import resolve_checkpoint
 from rulebert.model.model_dir import find_embedder
 from rulebert.pipeline import pooled_examples
@@ -37,12 +40,6 @@ def embedder_for(backbone: str, work: Path) -> OnnxEmbedder:
     if path is None:
         path = export_embedder(folder, resolve_checkpoint(backbone))
     return OnnxEmbedder(path)
-
-
-def cohort(own: pd.DataFrame) -> pd.DataFrame:
-    examples = set(D.example_rows(own)[D.TEXT].map(D.normalize_text))
-    scored = own[~own[D.BODY].map(D.normalize_text).isin(examples)]
-    return scored.drop_duplicates([D.BODY, D.LABEL])
 
 
 def main() -> None:
@@ -61,7 +58,7 @@ def main() -> None:
         for rule in dict.fromkeys(frame[D.RULE]):
             own = frame[frame[D.RULE] == rule]
             examples = next(iter(pooled_examples(own).values()))
-            scored = cohort(own)
+            scored = loro_cohort(own)
             labels = scored[D.LABEL].astype(int).to_numpy()
             texts = scored[D.BODY].tolist()
             example_vectors = embedder.embed_texts(examples.texts, args.max_length)

@@ -7,8 +7,8 @@ stripped text, ties dropped) are the examples; R's comments whose text is never 
 scored (879 in all: 232 advertising, 647 legal), with and without the examples, and with only each row's own
 four examples. Prints a Markdown table of per-rule and column-averaged AUC.
 
-    python benchmarks/examples_loro.py [--data DIR] [--work runs/examples-loro] [--model-dir legal=DIR ...]
-        [-- extra rulebert train flags, e.g. --model mpnet]
+    python -m benchmarks.experiments.examples_loro [--data DIR] [--work runs/examples-loro]
+        [--model-dir legal=DIR ...] [-- extra rulebert train flags, e.g. --model mpnet]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ AUC) and the largest |delta p| between a row scored alone (one row per call) and
 batches. Rows: labelled rows of a train.csv from ``--skip`` on (keep them off the rows the model was
 trained on).
 
-    python benchmarks/int8_batch.py --model-dir DIR --data train.csv [--rows 500] [--skip 1500]
+    python -m benchmarks.experiments.int8_batch --model-dir DIR --data train.csv [--rows 500] [--skip 1500]
 """
 
 from __future__ import annotations

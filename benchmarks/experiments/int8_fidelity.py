@@ -6,7 +6,7 @@ projections in fp32 (``ffn-out-fp32``: the matmul whose inputs carry the largest
 leaving every feed-forward projection in fp32 (``ffn-fp32``). Rows: the first N comments of a test file,
 paired with their rule.
 
-    python benchmarks/int8_fidelity.py --model-dir DIR --test test.csv [--rows 300]
+    python -m benchmarks.experiments.int8_fidelity --model-dir DIR --test test.csv [--rows 300]
 """
 
 from __future__ import annotations

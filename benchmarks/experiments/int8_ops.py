@@ -8,7 +8,8 @@ float products, its mask, GELU, LayerNorm, the rest. Then the int8 ceiling of th
 ``MatMulInteger`` of a batch's shape (1,024 tokens x 384 x 1,536, the MiniLM FFN) timed alone, in
 GOP/s (2 ops per multiply-add), beside what the model's ``MatMulInteger`` nodes reached.
 
-    python benchmarks/int8_ops.py --model-dir runs/competition/model [--rows 512] [--data train.csv]
+    python -m benchmarks.experiments.int8_ops --model-dir runs/competition/model [--rows 512]
+        [--data train.csv]
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ reported as: the mean over seeds of the column-averaged AUC, the AUC of the seed
 per-rule rank average of those scores with the TF-IDF baseline. Runs on CPU (slow: minutes per variant)
 or on a GPU (seconds per variant). Stops launching variants after --max-minutes.
 
-    python benchmarks/loro_ablation.py --train ../shared/data/jigsaw-agile-community-rules/train.csv \\
+    python -m benchmarks.experiments.loro_ablation \\
+        --train ../shared/data/jigsaw-agile-community-rules/train.csv \\
         --variants default,all-rules --seeds 0,1,2 --json loro.json
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from rulebert.core.config import TrainConfig  # noqa: E402
-from rulebert.domain import data as D  # noqa: E402
-from rulebert.domain.metrics import column_averaged_auc  # noqa: E402
-from rulebert.evaluation.evaluate import baseline_recipe, finetune_recipe, kfold_folds, loro_folds  # noqa: E402
+from rulebert.core.config import TrainConfig
+from rulebert.domain import data as D
+from rulebert.domain.metrics import column_averaged_auc
+from rulebert.evaluation.evaluate import baseline_recipe, finetune_recipe, kfold_folds, loro_folds
 
 VARIANTS: dict[str, dict] = {
     "default": {},

@@ -14,7 +14,7 @@ Blends are per-rule rank averages (ranks of the scored comments, no labels read)
 mean over seeds of the column-averaged AUC, a bootstrap 95% interval of that mean (comments resampled within
 each rule), and the paired bootstrap interval of its difference from the variant's plain cross-encoder.
 
-    python benchmarks/loro_levers.py --variants default --seeds 0,1,2 --out runs/levers
+    python -m benchmarks.experiments.loro_levers --variants default --seeds 0,1,2 --out runs/levers
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -31,15 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from rulebert.core.config import TrainConfig  # noqa: E402
-from rulebert.domain import data as D  # noqa: E402
-from rulebert.domain.metrics import column_averaged_auc  # noqa: E402
-from rulebert.evaluation.evaluate import baseline_recipe, finetune_fit, loro_folds  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loro_ablation import rank_within_rule  # noqa: E402
+from benchmarks.experiments.loro_ablation import rank_within_rule
+from rulebert.core.config import TrainConfig
+from rulebert.domain import data as D
+from rulebert.domain.metrics import column_averaged_auc
+from rulebert.evaluation.evaluate import baseline_recipe, finetune_fit, loro_folds
 
 VARIANTS: dict[str, dict] = {
     "default": {},

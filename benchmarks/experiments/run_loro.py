@@ -4,10 +4,12 @@ For each rule R of train.csv a competition folder is written: ``train.csv`` = th
 ``test.csv`` = R's rows without labels (their example cells are R's only labelled text), and
 ``sample_submission.csv``. ``rulebert run`` (defaults, plus any extra flags) trains and writes
 ``submission.csv``; R's comments are then scored against their labels, on the same 879-comment cohort as
-``rulebert evaluate --protocol loro`` (a comment whose text is one of R's example texts is left out; a
-repeated (comment, label) counts once). Prints per-rule and column-averaged AUC.
+``rulebert evaluate --protocol loro`` (:func:`rulebert.evaluation.evaluate.loro_cohort`: a comment whose
+text is one of R's example texts is left out; a repeated (comment, label) counts once). Prints per-rule and
+column-averaged AUC.
 
-    python benchmarks/run_loro.py [--data DIR] [--work runs/run-loro] [-- extra rulebert run flags]
+    python -m benchmarks.experiments.run_loro [--data DIR] [--work runs/run-loro]
+        [-- extra rulebert run flags]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from rulebert.domain import data as D
+from rulebert.evaluation.evaluate import loro_cohort
 
 
 def main() -> None:
@@ -44,10 +47,7 @@ def main() -> None:
         command = ["rulebert", "run", "--data-dir", str(data), "--output-dir", str(out), "--overwrite"]
         subprocess.run([*command, "--no-progress", *args.extra], check=True)
         submission = pd.read_csv(out / "submission.csv", dtype={D.ROW_ID: str})
-        scored = own.merge(submission, on=D.ROW_ID, suffixes=("", "_score"))
-        examples = set(D.example_rows(own)[D.TEXT].map(D.normalize_text))
-        scored = scored[~scored[D.BODY].map(D.normalize_text).isin(examples)]
-        scored = scored.drop_duplicates([D.BODY, D.LABEL])
+        scored = loro_cohort(own).merge(submission, on=D.ROW_ID, suffixes=("", "_score"))
         aucs[rule] = roc_auc_score(scored[D.LABEL].astype(int), scored["rule_violation_score"])
         print(f"{rule[:40]}: {len(scored)} comments, AUC {aucs[rule]:.4f}", flush=True)
     mean = sum(aucs.values()) / len(aucs)

@@ -11,7 +11,8 @@ breaks a rulebook when it breaks any of its rules. The rows are written in the c
 row's example cells drawn from the same rule's other rows), together with train.csv itself, so that
 ``rulebert train`` reads them unchanged:
 
-    python benchmarks/synthetic_rules.py --out runs/synthetic/train.csv [--per-label 32] [--rulebooks 16]
+    python -m benchmarks.experiments.synthetic_rules --out runs/synthetic/train.csv [--per-label 32] \\
+        [--rulebooks 16]
     rulebert train --train runs/synthetic/train.csv --output-dir runs/synthetic/model --epochs 2
     python benchmarks/communities.py --model-dir runs/synthetic/model --systems zero-shot,examples ...
 
@@ -32,7 +33,7 @@ import pandas as pd
 
 DATA = Path(
     os.environ.get(
-        "RULEBERT_DATA", Path(__file__).resolve().parents[1] / "../shared/data/jigsaw-agile-community-rules"
+        "RULEBERT_DATA", Path(__file__).resolve().parents[2] / "../shared/data/jigsaw-agile-community-rules"
     )
 )
 EXAMPLE_COLUMNS = ("positive_example_1", "positive_example_2", "negative_example_1", "negative_example_2")

@@ -146,8 +146,8 @@ def int8_variant_file(
     activations: str = "per-token",
 ) -> Path:
     """An int8 ONNX file of an in-memory classifier, with the MatMul groups ``keep_fp32`` left in fp32 and
-    the activation scales of :data:`ACTIVATION_MODES` ``activations`` (``benchmarks/int8_fidelity.py`` and
-    ``benchmarks/int8_batch.py`` measure the variants)."""
+    the activation scales of :data:`ACTIVATION_MODES` ``activations`` (``int8_fidelity.py`` and
+    ``int8_batch.py`` in ``benchmarks/experiments/`` measure the variants)."""
     sample = tokenizer(["a rule", "another rule"], ["a comment", "a longer comment here"], padding=True)
     _write_onnx(
         model.eval(), sample, target, "logits", int8=True, keep_fp32=keep_fp32, activations=activations
@@ -276,7 +276,7 @@ INT8_LADDER: tuple[tuple[str, ...], ...] = ((), ("ffn-in", "ffn-out"))
 """What :func:`export_int8_checked` tries, in order, until a file passes: every MatMul int8 (MiniLM passes:
 Spearman 0.998), then the feed-forward projections left in fp32 (fine-tuned mpnet, 300 comments: Spearman
 0.990 -> 0.9993, mean |delta p| 0.039 -> 0.006, 89 -> 30 rows/s, still 3.4x torch;
-benchmarks/int8_fidelity.py)."""
+benchmarks/experiments/int8_fidelity.py)."""
 
 
 def _int8_check(

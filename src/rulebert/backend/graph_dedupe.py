@@ -4,8 +4,8 @@
 ``Where(mask, 0, -inf)`` again (the same mask, each layer with its own copy of the constants 0 and -inf, so
 ONNX Runtime's own common-subexpression pass, which compares inputs by name, keeps all six), and after each
 softmax a guard ``Where(IsNaN(p), 0, p)`` for a row whose keys are all masked. Measured with ONNX Runtime's
-profiler on the `make run` model's int8 file (``benchmarks/int8_ops.py``): the two took 10% of the forward's
-operator time. :func:`drop_repeated_work`:
+profiler on the `make run` model's int8 file (``benchmarks/experiments/int8_ops.py``): the two took 10% of
+the forward's operator time. :func:`drop_repeated_work`:
 
 - merges nodes that compute the same thing: same operator, same attributes, same inputs (a ``Constant``
   is the same as another of the same value), so the mask is computed once and shared by the six layers;

@@ -78,6 +78,15 @@ def _training_rows(parts: list[pd.DataFrame], dedupe: bool) -> pd.DataFrame:
     return D.dedupe_rows(rows)[0] if dedupe else rows.assign(votes=1)
 
 
+def loro_cohort(own: pd.DataFrame) -> pd.DataFrame:
+    """The comments leave-one-rule-out scores for a held-out rule: the rows of ``own`` (one rule's rows of a
+    train-style frame) whose body is not one of the rule's example texts (its label would be answered from
+    memory), a repeated (body, label) once. On train.csv: 879 comments (232 advertising, 647 legal)."""
+    known = set(D.example_rows(own)[D.TEXT].map(D.normalize_text))
+    scored = own[~own[D.BODY].map(D.normalize_text).isin(known)]
+    return scored.drop_duplicates([D.BODY, D.LABEL])
+
+
 def loro_folds(frame: pd.DataFrame, *, dedupe: bool = True) -> list[Fold]:
     """Leave-one-rule-out folds of a train-style frame (see the module comment)."""
     if not any(c in frame.columns for c in D.EXAMPLE_COLUMNS):
@@ -88,12 +97,8 @@ def loro_folds(frame: pd.DataFrame, *, dedupe: bool = True) -> list[Fold]:
     for rule in dict.fromkeys(frame[D.RULE].tolist()):
         held_out = frame[D.RULE] == rule
         other, own = frame[~held_out], frame[held_out]
-        own_examples = D.example_rows(own)
-        train = _training_rows([D.body_rows(other), D.example_rows(other), own_examples], dedupe)
-        known = set(own_examples[D.TEXT].map(D.normalize_text))
-        bodies = _scored_bodies(own)
-        bodies = bodies[~bodies[D.TEXT].map(D.normalize_text).isin(known)].reset_index(drop=True)
-        folds.append(Fold(rule, train, bodies))
+        train = _training_rows([D.body_rows(other), D.example_rows(other), D.example_rows(own)], dedupe)
+        folds.append(Fold(rule, train, _scored_bodies(loro_cohort(own))))
     return folds
 
 
