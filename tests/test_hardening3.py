@@ -86,3 +86,82 @@ def test_score_refuses_a_csv_with_a_duplicate_column(model_dir, tmp_path):
         "score", "--model-dir", model_dir, "--rule", RULE, "--examples", examples, "--input", comments
     )
     assert code == 2 and one_error_line(err).endswith(f"{examples}: line 1: duplicate column 'label'")
+
+
+# --- 3. a huge comment in mode examples -------------------------------------------------------------------
+
+
+def huge_comment(chars: int = 10_000_000) -> str:
+    """``chars`` characters of words from a 20,000-word vocabulary (seeded): many distinct n-grams."""
+    import random
+
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocabulary = ["".join(rng.choices(letters, k=rng.randint(2, 9))) for _ in range(20_000)]
+    words = rng.choices(vocabulary, k=chars // 5)
+    return " ".join(words)[:chars]
+
+
+def test_the_examples_blend_sees_what_the_tokenizer_sees():
+    import numpy as np
+
+    from rulebert.domain.examples import RuleExamples, blend_with_examples
+    from rulebert.domain.text import cut_for_tokenizer
+
+    huge = huge_comment(100_000)
+    examples = RuleExamples.of(["buy cheap now " + huge, "click for a discount"], ["nice movie", "my dog"])
+    seen: list[str] = []
+
+    def embed(texts: list[str]) -> None:
+        seen.extend(texts)
+        return None  # no embedder: TF-IDF and the cross-encoder
+
+    def blend(texts: list[str]) -> np.ndarray:
+        return blend_with_examples(
+            examples,
+            texts,
+            np.full(len(texts), 0.5),
+            score_examples=lambda values: seen.extend(values) or np.full(len(values), 0.5),
+            embed=embed,
+            trained=False,
+            max_length=64,
+        )[0]
+
+    whole = blend([huge, "a short one"])
+    assert max(map(len, seen)) <= 64 * 100  # the examples and the comments alike
+    assert np.allclose(whole, blend(cut_for_tokenizer([huge, "a short one"], 64)))
+
+
+def test_a_huge_comment_through_score_examples_stays_small(model_dir, tiny_checkpoint, tmp_path):
+    """One 10 MB comment through ``score --examples`` with an embedder: 2.9 GiB peak RSS before the cut,
+    731 MiB after (690 MiB for a short comment alone; docs/reliability.md, round three)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from rulebert.backend.export import export_embedder
+
+    model = shutil.copytree(model_dir, tmp_path / "model")
+    export_embedder(model, str(tiny_checkpoint))
+    comments = tmp_path / "huge.jsonl"
+    comments.write_text(
+        json.dumps({"body": "a short one"}) + "\n" + json.dumps({"body": huge_comment()}) + "\n"
+    )
+    examples = write_csv(
+        tmp_path / "examples.csv",
+        [{"text": COMMENTS[i], "label": int(i % 2 == 0)} for i in range(len(COMMENTS))],
+    )
+    out = tmp_path / "scored.jsonl"
+    argv = [sys.executable, "-m", "rulebert.cli", "score", "--model-dir", str(model), "--rule", RULE]
+    argv += ["--examples", str(examples), "--input", str(comments), "--output", str(out), "--no-progress"]
+    # a fresh parent: RUSAGE_CHILDREN's peak is then this one command's
+    probe = (
+        "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True); "
+        "sys.stderr.buffer.write(done.stderr); "
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=300)
+    code, peak_kib = map(int, done.stdout.split())
+    assert code == 0, done.stderr
+    assert [json.loads(line)["mode"] for line in out.read_text().splitlines()] == ["examples"] * 2
+    assert peak_kib < 1_500_000, f"peak RSS {peak_kib} KiB"

@@ -326,14 +326,25 @@ def blend_with_examples(
     embed: Callable[[list[str]], np.ndarray | None],
     trained: bool,
     fitted: ExampleModel | None = None,
+    max_length: int = 512,
 ) -> tuple[np.ndarray, list[dict[str, Any]] | None, ExampleModel]:
     """The one examples blend (``Scorer`` and ``rulebert evaluate`` both score through it): P(violation) of
     each of ``texts`` from the rule's ``examples`` and the cross-encoder's ``scores`` of the texts.
 
     ``score_examples(texts)``: the cross-encoder's probabilities of (rule, text); ``embed(texts)``: their
     sentence vectors, or None without an embedder; ``trained``: the model was trained on the rule (see
-    :meth:`ExampleModel.fit`); ``fitted``: a model fitted before on the same rule and examples (a cache hit).
-    Returns (probabilities, the nearest example of each text or None without an embedder, the model)."""
+    :meth:`ExampleModel.fit`); ``fitted``: a model fitted before on the same rule and examples (a cache hit);
+    ``max_length``: the cross-encoder's (512, the most a BERT reads, for a caller without one). The texts and
+    examples are cut here as the tokenizer's input is (``text.cut_for_tokenizer``), so the TF-IDF member and
+    the embedder see what the cross-encoder sees: one 10 MB comment was tens of millions of character
+    n-grams (3 GB of memory). Returns (probabilities, the nearest example of each text or None without an
+    embedder, the model)."""
+    from rulebert.domain.text import cut_for_tokenizer
+
+    texts = cut_for_tokenizer(texts, max_length)
+    cut = cut_for_tokenizer(examples.texts, max_length)
+    if cut != examples.texts:  # as they are, not re-deduplicated: both labels stay (the mode counted them)
+        examples = RuleExamples(tuple(cut[: len(examples.positive)]), tuple(cut[len(examples.positive) :]))
     model = fitted
     if model is None:
         on_examples = np.asarray(score_examples(examples.texts))

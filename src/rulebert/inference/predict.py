@@ -323,6 +323,7 @@ class Scorer:
                 embed=embed,
                 trained=normalize_rule(rule) in self.trained_rules,
                 fitted=self._example_models.get(key),
+                max_length=self.config.max_length,
             )
             self._example_models.put(key, model)
             if nearest is not None:
