@@ -125,7 +125,7 @@ class Memo:
         return np.array([self._scores[key] for key in keys], dtype=np.float32)
 
     def save_vectors(self, path: Path) -> None:
-        """The embeddings met so far (texts and vectors), for benchmarks/communities_levers.py."""
+        """The embeddings met so far (texts and vectors), for benchmarks/experiments/communities_levers."""
         if self._vectors:
             texts = list(self._vectors)
             np.savez(

@@ -104,3 +104,25 @@ def test_split_is_nested_and_scored_rows_are_fixed() -> None:
     again, scored_again = bench.split(community, 0, [8, 32, 128])
     assert (scored == scored_again).all() and (examples[8] == again[8]).all()
     assert not (bench.split(community, 1, [8, 32, 128])[1] == scored).all()
+
+
+def test_folds_train_on_the_other_communities_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """--folds 3 on 3 small communities: each fold's model trained on the two others' decisions (its record
+    says which), and every community scored once, by the fold that held it out."""
+    from tests.test_decisions import write_decisions
+
+    bench = _load_benchmark()
+    data = write_decisions(tmp_path / "decisions", per_label=140)
+    work = tmp_path / "work"
+    train_args = f"--model {tiny_checkpoint} --epochs 3 --lr 1e-3 --batch-size 16 --max-length 48"
+    train_args += " --decisions-per-label 20 --val-fraction 0.25 --no-export --no-progress"
+    argv = ["--data", str(data), "--work", str(work), "--folds", "3", "--seeds", "0", "--ks", "4"]
+    bench.main([*argv, "--systems", "zero-shot,tfidf", "--train-args", train_args])
+    rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+    held = {row["community"]: row["fold"] for row in rows}
+    assert sorted(held) == ["cars", "cats", "food"] and sorted(held.values()) == [0, 1, 2]
+    for community, fold in held.items():
+        record = json.loads((work / f"fold{fold}" / "model" / "rulebert.json").read_text())
+        trained_on = record["data"]["decisions"]["communities"]
+        assert community not in trained_on and len(trained_on) == 2
+    assert {(row["system"], row["k"]) for row in rows} == {("zero-shot", 0), ("tfidf", 4)}

@@ -143,8 +143,6 @@ def paired_bootstrap_drop(
 CHANCE_AUC = 0.55
 """A validation AUC below this is chance: the model ranks the held-out rows no better than a coin."""
 LN2 = math.log(2.0)
-CONSTANT_SCORES = 1e-4
-"""Validation probabilities whose standard deviation is below this are one constant: a collapsed model."""
 
 
 def learning_failure(
@@ -154,7 +152,7 @@ def learning_failure(
     one constant, its validation AUC (column-averaged where there are rules, else pooled) is below
     :data:`CHANCE_AUC`, or, without validation rows, its training loss ended at ln 2 (a binary classifier
     that predicts 0.5 for every row)."""
-    if len(val_scores) > 1 and float(np.std(val_scores)) < CONSTANT_SCORES:
+    if len(val_scores) > 1 and float(np.ptp(val_scores)) == 0.0:  # it ranks nothing
         return f"every validation row scores {float(np.mean(val_scores)):.4f} (a collapsed model)"
     if validation:
         value = validation.get("col_auc")
