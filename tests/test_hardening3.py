@@ -9,17 +9,32 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain import jsonl
-from tests.serving import COMMENTS, RULE, make_model_dir
+from tests.serving import COMMENTS, RULE, make_model_dir, start_server
 from tests.test_hardening_cli import one_error_line, run, write_csv
 
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_checkpoint, tmp_path_factory):
     return make_model_dir(tiny_checkpoint, tmp_path_factory.mktemp("hardening3") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    """The real server with a state dir (stored rules), on loopback."""
+    folder = tmp_path_factory.mktemp("served3")
+    with start_server(model_dir, folder / "server.log", extra_args=("--state-dir", str(folder / "s"))) as up:
+        yield up
+
+
+def post(server, path: str, body: bytes | dict, method: str = "POST") -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    return httpx.request(method, server.url + path, content=content, headers=headers, timeout=60)
 
 
 def nested(depth: int) -> str:
@@ -165,3 +180,91 @@ def test_a_huge_comment_through_score_examples_stays_small(model_dir, tiny_check
     assert code == 0, done.stderr
     assert [json.loads(line)["mode"] for line in out.read_text().splitlines()] == ["examples"] * 2
     assert peak_kib < 1_500_000, f"peak RSS {peak_kib} KiB"
+
+
+# --- 4. invisible text ------------------------------------------------------------------------------------
+
+INVISIBLE = ["\u200b", "\ufeff", "\u00a0", " \u200d\u2060 ", "\u0007"]
+
+
+def test_is_blank_and_text_problem():
+    from rulebert.domain.text import is_blank, text_problem
+
+    assert all(is_blank(text) for text in INVISIBLE + ["", "\x00"])
+    assert not any(is_blank(text) for text in ("x", "\u200bx", "\u00e9", "🙂", "a\x00b"))
+    assert text_problem("a\x00b") == "a NUL character at character 2 (not text)"
+    assert text_problem("fine \u200b") is None
+
+
+def test_predict_reads_an_invisible_body_as_empty(tmp_path):
+    from rulebert.domain.data import example_rows, read_csv
+
+    test = tmp_path / "test.csv"
+    test.write_text("row_id,body,rule\n1,fine,No ads\n2,\u200b,No ads\n", encoding="utf-8")
+    with pytest.raises(RulebertError, match=r"row 2 \(row_id=2\), column 'body': empty or NaN"):
+        read_csv(test, labelled=False)
+    cells = ["positive_example_1", "positive_example_2", "negative_example_1", "negative_example_2"]
+    test.write_text(
+        "row_id,body,rule," + ",".join(cells) + "\n1,fine,No ads,buy,\u200b,ok,\ufeff\n", encoding="utf-8"
+    )
+    assert example_rows(read_csv(test, labelled=False))["text"].tolist() == ["buy", "ok"]
+
+
+@pytest.mark.parametrize("comment", ["\u200b", "\ufeff", "a\u0000b", "\u00a0"])
+def test_invisible_or_nul_comments_and_rules_are_422(server, comment):
+    rule = {"text": RULE}
+    answer = post(server, "/v1/score", {"comment": comment, "rules": [rule]})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "comment"], answer.text
+    if comment != "\u00a0":
+        assert "NUL" in answer.text if "\x00" in comment else "is empty" in answer.text
+    bad_rule = {"text": comment, "positive_examples": [COMMENTS[0]], "negative_examples": [COMMENTS[1]]}
+    answer = post(server, "/v1/score", {"comment": COMMENTS[0], "rules": [bad_rule]})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][:4] == ["body", "rules", 0, "text"]
+    answer = post(server, "/v1/score/batch", {"items": [{"comment": COMMENTS[0], "rule": bad_rule}]})
+    assert answer.status_code == 422, answer.text
+    answer = post(server, "/v1/rules/invisible", {"text": RULE, "positive_examples": [comment]}, "PUT")
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][:2] == [
+        "body",
+        "positive_examples",
+    ]
+    assert post(server, "/v1/rules/invisible", {"text": comment}, "PUT").status_code == 422
+    assert httpx.get(server.url + "/v1/rules/invisible").status_code == 404  # nothing was stored
+
+
+def test_invisible_or_nul_text_is_a_one_line_error_on_the_cli(model_dir, tmp_path):
+    for number, body in enumerate(["\u200b", "\ufeff", "a\u0000b"]):
+        comments = tmp_path / f"comments{number}.jsonl"
+        comments.write_text('{"body": "fine"}\n' + json.dumps({"body": body}) + "\n")
+        code, out, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", comments)
+        why = "key 'body': a NUL character at character 2 (not text)" if "\x00" in body else "empty comment"
+        assert code == 2 and f"{comments}: line 2" in one_error_line(err) and why in err, err
+    csv_comments = tmp_path / "comments.csv"
+    csv_comments.write_text("body\nfine\n\u200b\n", encoding="utf-8")
+    code, _, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", csv_comments)
+    assert code == 2 and "row 2 (line 3), column 'body': empty comment" in one_error_line(err)
+    code, _, err = run("score", "--model-dir", model_dir, "--rule", "\u200b", "--input", csv_comments)
+    assert code == 2 and one_error_line(err).endswith("--rule: empty rule text")
+    for text in ("\u200b", "\u0000"):
+        rules = tmp_path / "rules.jsonl"
+        rules.write_text(json.dumps({"id": "r", "text": text}) + "\n")
+        code, _, err = run("score", "--model-dir", model_dir, "--rules", rules, "--input", csv_comments)
+        why = "NUL character" if text == "\u0000" else "field 'text' must be a non-empty string"
+        assert code == 2 and f"{rules}: line 1" in one_error_line(err) and why in err, err
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text('{"text": "buy now", "label": 1}\n{"text": "\\u200b", "label": 0}\n')
+    code, _, err = run(
+        "score", "--model-dir", model_dir, "--rule", RULE, "--examples", examples, "--input", csv_comments
+    )
+    assert code == 2 and f"{examples}: line 2, column 'text': empty example text" in one_error_line(err)
+
+
+@pytest.mark.parametrize(("body", "why"), [("\u200b", "empty comment"), ("a\x00b", "a NUL character")])
+def test_a_parquet_shard_refuses_invisible_or_nul_comments(tmp_path, body, why):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    from rulebert.scoring import ray_engine
+
+    shard = tmp_path / "x.parquet"
+    pd.DataFrame({"body": ["fine", body]}).to_parquet(shard)
+    with pytest.raises(RulebertError, match=f"x.parquet: row 2, column 'body': {why}"):
+        ray_engine._read_parquet(shard)

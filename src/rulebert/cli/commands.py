@@ -232,10 +232,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         rules = read_rules_jsonl(args.rules)
     elif args.rule is not None:
         from rulebert.domain.rules import StoredRule, check_rule_id
+        from rulebert.scoring.local import check_rule_text
         from rulebert.scoring.readers import read_examples
 
-        if not args.rule.strip():
-            raise RulebertError("--rule: empty rule text")
+        check_rule_text(args.rule)
         examples = read_examples(args.examples)
         rule_id = check_rule_id(args.rule_id, "--rule-id")
         rules = [StoredRule(rule_id, args.rule, tuple(examples.positive), tuple(examples.negative))]

@@ -21,6 +21,7 @@ import pandas as pd
 
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import csv_field_limit, sha256_file
+from rulebert.domain.text import is_blank
 
 BODY, RULE, SUBREDDIT, LABEL, ROW_ID = "body", "rule", "subreddit", "rule_violation", "row_id"
 POSITIVE_COLUMNS = ("positive_example_1", "positive_example_2")
@@ -60,6 +61,12 @@ def _shown(value: object, limit: int = 60) -> str:
     """A cell or column name as an error message shows it: on one line (newlines escaped), cut short."""
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _blank(cells: pd.Series) -> np.ndarray:
+    """Which cells show nothing (:func:`rulebert.domain.text.is_blank`: ``"\\u200b"`` alone too); a
+    non-string (a frame made elsewhere) is not blank, as ``.str.strip()`` had it."""
+    return cells.map(lambda cell: isinstance(cell, str) and is_blank(cell)).to_numpy(dtype=bool)
 
 
 def _where(path: Path, frame: pd.DataFrame, index: int, column: str) -> str:
@@ -180,7 +187,7 @@ def read_csv(
         frame[SUBREDDIT] = ""
 
     for column in (BODY, RULE):
-        blank = (frame[column].str.strip() == "").to_numpy()
+        blank = _blank(frame[column])
         if blank.any():
             raise RulebertError(f"{_where(path, frame, int(np.flatnonzero(blank)[0]), column)}: empty or NaN")
 
@@ -232,7 +239,7 @@ def example_rows(frame: pd.DataFrame) -> pd.DataFrame:
                     SOURCE: "example",
                 }
             )
-            parts.append(part[part[TEXT].str.strip() != ""])
+            parts.append(part[~_blank(part[TEXT])])
     if not parts:
         return pd.DataFrame(columns=[TEXT, RULE, SUBREDDIT, LABEL, SOURCE])
     return pd.concat(parts, ignore_index=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
-from rulebert.domain.text import surrogate_problem
+from rulebert.domain.text import text_problem
 
 MAX_DEPTH = 100
 """Arrays and objects nested deeper than this are refused. No comment or rule needs it, and Python's json
@@ -35,15 +35,16 @@ def decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
 
 
 def check_unicode(record: dict[str, Any], where: str) -> None:
-    """A one-line error naming the key (and list item) of a string holding a lone surrogate (``"\\ud800"``
-    is valid JSON but no text: the tokenizer and a UTF-8 output both refuse it)."""
+    """A one-line error naming the key (and list item) of a string that is not text
+    (:func:`~rulebert.domain.text.text_problem`): a lone surrogate (``"\\ud800"`` is valid JSON, but the
+    tokenizer and a UTF-8 output both refuse it) or a NUL (``"\\u0000"``: a raw NUL byte is refused too)."""
     stack: list[tuple[str, Any]] = []
     for key, value in record.items():
         label = f"key {key[:40]!r}"
         stack += [(label, key), (label, value)]
     while stack:
         label, value = stack.pop()
-        problem = surrogate_problem(value) if isinstance(value, str) else None
+        problem = text_problem(value) if isinstance(value, str) else None
         if isinstance(value, dict):
             for key, inner in value.items():
                 inner_label = f"{label}, key {key[:40]!r}"
@@ -92,6 +93,6 @@ def json_objects(handle: IO[bytes], name: str) -> Iterator[tuple[str, dict[str, 
         record = _parsed(line, where)
         if not isinstance(record, dict):
             raise RulebertError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        if "\\u" in line:  # only an escape can put a lone surrogate in decoded UTF-8
+        if "\\u" in line:  # only an escape can put a lone surrogate or a NUL in a decoded line
             check_unicode(record, where)
         yield where, record

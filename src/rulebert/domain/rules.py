@@ -26,7 +26,7 @@ import pandas as pd
 from rulebert.core.errors import RulebertError
 from rulebert.domain import data as D
 from rulebert.domain.jsonl import json_objects
-from rulebert.domain.text import surrogate_problem
+from rulebert.domain.text import is_blank, text_problem
 
 RULE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 RULE_FIELDS = ("id", "text", "positive_examples", "negative_examples")
@@ -74,9 +74,9 @@ def rule_from_json(payload: object, where: str) -> StoredRule:
         raise RulebertError(f"{where}: unknown field {unknown[0]!r} (expected {', '.join(RULE_FIELDS)})")
     rule_id = check_rule_id(payload.get("id"), where)
     text = payload.get("text")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or is_blank(text):  # "\u200b" shows nothing either
         raise RulebertError(f"{where}: field 'text' must be a non-empty string")
-    if (problem := surrogate_problem(text)) is not None:
+    if (problem := text_problem(text)) is not None:
         raise RulebertError(f"{where}: field 'text': {problem}")
     examples = []
     for name in ("positive_examples", "negative_examples"):
@@ -84,9 +84,9 @@ def rule_from_json(payload: object, where: str) -> StoredRule:
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise RulebertError(f"{where}: field {name!r} must be a list of strings")
         for i, value in enumerate(values):
-            if (problem := surrogate_problem(value)) is not None:
+            if (problem := text_problem(value)) is not None:
                 raise RulebertError(f"{where}: field {name!r}, item {i + 1}: {problem}")
-        examples.append(tuple(v for v in values if v.strip()))
+        examples.append(tuple(v for v in values if not is_blank(v)))
     return StoredRule(rule_id, text, examples[0], examples[1])
 
 

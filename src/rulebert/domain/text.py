@@ -12,6 +12,7 @@ Rows are tokenised once, without padding: the collator pads each batch to its ow
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,25 @@ def surrogate_problem(text: str) -> str | None:
             return f"not valid UTF-8 (byte 0x{code - 0xDC00:02x} at character {err.start + 1})"
         return f"a lone surrogate \\u{code:04x} at character {err.start + 1} (not valid Unicode)"
     return None
+
+
+_INVISIBLE = frozenset(("Cc", "Cf"))  # control characters; format ones (zero-width space, BOM, bidi marks)
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: no character is left once whitespace, control (Unicode category Cc)
+    and format characters (Cf: ``\\u200b``, ``\\ufeff``, joiners) are removed. The one blank check of a
+    comment, rule or example: ``"\\u200b"`` is as empty as ``"\\u00a0"`` or ``" "``. Stops at the first
+    visible character, so a real text costs one look."""
+    return all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text)
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` is not text, if it is not: a NUL character (``\\u0000`` in JSON; no comment holds one,
+    and C code reading the text stops at it) or a lone surrogate (:func:`surrogate_problem`)."""
+    if "\x00" in text:
+        return f"a NUL character at character {text.index(chr(0)) + 1} (not text)"
+    return surrogate_problem(text)
 
 
 def cut_for_tokenizer(texts: Sequence[str], max_length: int) -> list[str]:

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import atomic_write, check_output_place
-from rulebert.domain.text import surrogate_problem
+from rulebert.domain.text import is_blank, text_problem
 from rulebert.scoring.readers import (  # re-exported: callers read through them
     EXAMPLE_LABEL_COLUMNS as EXAMPLE_LABEL_COLUMNS,
 )
@@ -264,9 +264,9 @@ def rules_to_score(path: str | os.PathLike) -> list[ScoredRule]:
 def check_rule_text(rule: str) -> None:
     """``--rule``'s text: not empty, and text (a command-line byte that is not UTF-8 is refused here, not
     as a tokenizer's traceback)."""
-    if not rule.strip():
+    if is_blank(rule):
         raise RulebertError("--rule: empty rule text")
-    if (problem := surrogate_problem(rule)) is not None:
+    if (problem := text_problem(rule)) is not None:
         raise RulebertError(f"--rule: {problem}")
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import atomic_write
+from rulebert.domain.text import is_blank, text_problem
 from rulebert.model.model_dir import verify_model_dir
 from rulebert.scoring import local as local  # its writer: the same cells and errors
 from rulebert.scoring.local import PROBABILITY, ScoredRule, check_rule_text, rules_to_score
@@ -103,10 +104,11 @@ def _read_parquet(path: Path) -> Shard:
     column = pick_column(table.column_names, TEXT_COLUMNS, str(path), "text")
     bodies = table.column(column).to_pylist()
     for number, body in enumerate(bodies, start=1):
-        if not isinstance(body, str) or not body.strip():
-            why = (
-                "empty comment" if isinstance(body, str) else f"expected a string, not {type(body).__name__}"
-            )
+        if not isinstance(body, str):
+            why: str | None = f"expected a string, not {type(body).__name__}"
+        else:
+            why = "empty comment" if is_blank(body) else text_problem(body)
+        if why is not None:
             raise RulebertError(f"{path}: row {number}, column '{column}': {why}")
     subs = table.column("subreddit").to_pylist() if "subreddit" in table.column_names else []
     subreddits = [s if isinstance(s, str) else "" for s in subs] or [""] * len(bodies)

@@ -20,6 +20,7 @@ from typing import IO, Any
 from rulebert.core.errors import RulebertError
 from rulebert.domain.examples import RuleExamples
 from rulebert.domain.jsonl import decoded_lines, json_objects
+from rulebert.domain.text import is_blank
 
 TEXT_COLUMNS = ("body", "comment")
 EXAMPLE_TEXT_COLUMNS = ("text", "body", "comment")
@@ -131,7 +132,7 @@ def jsonl_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> Ite
 
 def checked_rows(rows: Iterator[Row]) -> Iterator[Row]:
     for row in rows:
-        if not row.body.strip():
+        if is_blank(row.body):  # a NUL was refused by the reader (a CSV byte or a JSON escape)
             raise RulebertError(f"{row.where}, column '{row.column}': empty comment")
         yield row
 
@@ -162,7 +163,7 @@ def read_examples(path: str | os.PathLike) -> Examples:
 
             pairs = jsonl_pairs()
         for row, label, column in pairs:
-            if not row.body.strip():
+            if is_blank(row.body):
                 raise RulebertError(f"{row.where}, column '{row.column}': empty example text")
             value = str(label).strip().lower()
             if value not in POSITIVE_LABELS + NEGATIVE_LABELS:

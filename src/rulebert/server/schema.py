@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from rulebert.domain.rules import RULE_ID
+from rulebert.domain.text import is_blank
 from rulebert.server.validation import MAX_ERRORS
 
 # Limits. A comment's size is counted in UTF-8 bytes (10 kB, what a Reddit comment holds, 10,000 chars,
@@ -40,7 +41,9 @@ def _utf8_at_most(limit: int) -> AfterValidator:
         size = len(value.encode("utf-8"))
         if size > limit:
             raise ValueError(f"is {size} bytes of UTF-8; the limit is {limit}")
-        if not value.strip():
+        if "\x00" in value:  # not text (JSON's \u0000); refused before the blank check, which skips it
+            raise ValueError("holds a NUL character (not text)")
+        if is_blank(value):  # "\u200b" or "\ufeff" alone shows nothing, as spaces do
             raise ValueError("is empty")
         return value
 
