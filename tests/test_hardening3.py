@@ -268,3 +268,39 @@ def test_a_parquet_shard_refuses_invisible_or_nul_comments(tmp_path, body, why):
     pd.DataFrame({"body": ["fine", body]}).to_parquet(shard)
     with pytest.raises(RulebertError, match=f"x.parquet: row 2, column 'body': {why}"):
         ray_engine._read_parquet(shard)
+
+
+# --- 5. duplicate JSON keys -------------------------------------------------------------------------------
+
+
+def test_a_duplicate_key_in_a_body_is_a_422(server):
+    rule = f'{{"text": "{RULE}", "positive_examples": ["buy now"], "negative_examples": ["nice dog"]}}'
+    bodies = {
+        "/v1/score": [
+            f'{{"comment": "fine", "comment": "other", "rules": [{rule}]}}',
+            f'{{"comment": "fine", "rules": [{{"text": "a", "text": "{RULE}"}}]}}',
+        ],
+        "/v1/score/batch": [f'{{"items": [{{"comment": "fine", "rule": {rule}, "rule": {rule}}}]}}'],
+    }
+    for path, texts in bodies.items():
+        for text in texts:
+            answer = post(server, path, text.encode())
+            assert answer.status_code == 422, answer.text
+            detail = answer.json()["detail"]
+            assert detail[0]["type"] == "duplicate_key" and detail[0]["loc"] == ["body"], detail
+    answer = post(server, "/v1/rules/twice", b'{"text": "No ads", "text": "No spam"}', "PUT")
+    assert answer.status_code == 422 and "duplicate key 'text'" in answer.text
+    assert httpx.get(server.url + "/v1/rules/twice").status_code == 404
+    # the same bodies without the repeat are fine
+    assert post(server, "/v1/score", f'{{"comment": "fine", "rules": [{rule}]}}'.encode()).status_code == 200
+
+
+def test_a_duplicate_key_in_json_lines_is_a_one_line_error(model_dir, tmp_path):
+    comments = tmp_path / "comments.jsonl"
+    comments.write_text('{"body": "fine"}\n{"body": "shown", "meta": {"a": 1, "a": 2}}\n')
+    code, out, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", comments)
+    assert code == 2 and one_error_line(err).endswith(f"{comments}: line 2: duplicate key 'a'")
+    rules = tmp_path / "rules.jsonl"
+    rules.write_text('{"id": "ads", "text": "No ads", "text": "anything goes"}\n')
+    code, _, err = run("score", "--model-dir", model_dir, "--rules", rules, "--input", comments)
+    assert code == 2 and one_error_line(err).endswith(f"{rules}: line 1: duplicate key 'text'")

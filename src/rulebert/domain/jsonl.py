@@ -1,8 +1,9 @@
 """JSON Lines, read one way everywhere: comments to score, decision logs and RULES.jsonl.
 
 Each object comes with ``where`` (``NAME: line N``) for the caller's own one-line errors; a line that is not
-UTF-8, holds a NUL byte, is not JSON, is not an object, is nested more than ``MAX_DEPTH`` levels deep, or
-holds a lone surrogate (valid JSON, but no text) is an error here, named the same way whichever file it is in.
+UTF-8, holds a NUL byte, is not JSON, is not an object, names a key twice in one object, is nested more than
+``MAX_DEPTH`` levels deep, or holds a lone surrogate (valid JSON, but no text) is an error here, named the
+same way whichever file it is in.
 """
 
 from __future__ import annotations
@@ -55,6 +56,39 @@ def check_unicode(record: dict[str, Any], where: str) -> None:
             raise RulebertError(f"{where}, {label}: {problem}")
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice. ``json`` (and pydantic) keep the last silently, so a record would
+    be scored on a text its writer may not have meant: refused instead."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key[:40]!r}")
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json``'s ``object_pairs_hook`` that raises :class:`DuplicateKey` for a key given twice."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return record
+
+
+def duplicate_key(document: str | bytes) -> str | None:
+    """The first key some object of a JSON ``document`` gives twice, or None (also when it does not parse:
+    the caller's own parser reports that). What the server checks of a body pydantic has validated."""
+    try:
+        json.loads(document, object_pairs_hook=unique_keys)
+    except DuplicateKey as err:
+        return err.key
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether ``value`` (parsed JSON) nests arrays / objects more than ``limit`` levels deep (no recursion:
     the walk itself must not hit the limit it checks)."""
@@ -73,7 +107,9 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
 def _parsed(line: str, where: str) -> Any:
     deep = f"{where}: JSON nested more than {MAX_DEPTH} levels deep"
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=unique_keys)
+    except DuplicateKey as err:
+        raise RulebertError(f"{where}: {err}") from None
     except json.JSONDecodeError as err:
         raise RulebertError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
     except RecursionError:  # the parser's own limit

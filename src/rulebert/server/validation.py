@@ -16,6 +16,8 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
+from rulebert.domain.jsonl import duplicate_key
+
 MAX_ERRORS = 20  # validation errors reported in a 422; the rest are counted
 MAX_ECHO_CHARS = 200  # characters of a bad input echoed in a 422
 MANY_ERRORS = 1_000  # more validation errors than this are counted, and only a few of them listed
@@ -125,12 +127,18 @@ def _validate(model: type[M], body: bytes, content_type: str | None) -> M | byte
         msg = "Input should be a valid dictionary or object to extract fields from"
         return error_body([{"type": "model_attributes_type", "loc": ("body",), "msg": msg, "input": body}])
     try:
-        return model.model_validate_json(body)  # strict JSON: a lone surrogate escape is invalid JSON
+        parsed = model.model_validate_json(body)  # strict JSON: a lone surrogate escape is invalid JSON
     except ValidationError as err:
         total = err.error_count()
         if total > MANY_ERRORS:  # listing them all would hold the GIL (and the event loop) for long
             err = _few_errors(model, body) or err
         return error_body(err.errors(include_url=False), total, prefix=("body",))
+    # pydantic keeps a repeated key's last value; checked once the body is valid (an invalid one is refused
+    # already, and a 1 MB one is parsed a second time only when it is going to be scored)
+    if (key := duplicate_key(body)) is not None:
+        msg = f"duplicate key {key[:MAX_ECHO_CHARS]!r}: give each key once"
+        return error_body([{"type": "duplicate_key", "loc": ("body",), "msg": msg, "input": key}])
+    return parsed
 
 
 def _few_errors(model: type[BaseModel], body: bytes) -> ValidationError | None:
