@@ -142,7 +142,7 @@ def test_train_on_decisions_alone_and_score_a_new_community(tiny_checkpoint, tmp
     record = json.loads((out / "rulebert.json").read_text())
     assert record["data"]["decisions"]["communities"] == ["cars", "cats", "food"]
     assert record["data"]["decisions"]["comments"]["sha256"] and record["data"]["train"] is None
-    assert record["config"]["decisions_per_label"] == 60 and record["config"]["lr"] == 1e-3
+    assert record["config"]["decisions_per_label"] == 150 and record["config"]["lr"] == 1e-3
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["learned"] is True
     card = (out / "README.md").read_text()
