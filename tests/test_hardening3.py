@@ -7,6 +7,8 @@ Real subprocesses (``python -m rulebert.cli``) for the command line, the real se
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import httpx
@@ -304,3 +306,56 @@ def test_a_duplicate_key_in_json_lines_is_a_one_line_error(model_dir, tmp_path):
     rules.write_text('{"id": "ads", "text": "No ads", "text": "anything goes"}\n')
     code, _, err = run("score", "--model-dir", model_dir, "--rules", rules, "--input", comments)
     assert code == 2 and one_error_line(err).endswith(f"{rules}: line 1: duplicate key 'text'")
+
+
+# --- 6. one CSV cell limit; streams and folders as --input --------------------------------------------------
+
+
+def test_a_long_cell_reads_in_score_as_in_predict(model_dir, tmp_path):
+    """A 200 KiB comment (over the csv module's 128 KiB default) in a CSV, as in its JSONL twin."""
+    long = huge_comment(200 * 1024)
+    comments = write_csv(tmp_path / "long.csv", [{"body": "fine"}, {"body": long}])
+    examples = write_csv(
+        tmp_path / "examples.csv", [{"text": long, "label": 1}, {"text": "nice", "label": 0}]
+    )
+    out = tmp_path / "scored.jsonl"
+    code, _, err = run(
+        "score", "--model-dir", model_dir, "--rule", RULE, "--examples", examples, "--input", comments,
+        "--output", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert [json.loads(line)["body"] for line in out.read_text().splitlines()] == ["fine", long]
+    from rulebert.core.files import CSV_FIELD_LIMIT
+    from rulebert.domain import data
+
+    assert CSV_FIELD_LIMIT == 1 << 30 and "CSV_FIELD_LIMIT" in vars(data)  # predict's limit is this one
+
+
+def test_a_stream_is_read_and_a_folder_named_as_one(model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    comments = write_csv(tmp_path / "comments.csv", [{"body": c} for c in COMMENTS])
+    # a shell's process substitution: /dev/fd/63, a pipe
+    command = '"$0" -m rulebert.cli score --model-dir "$1" --rule "$2" --input <(cat "$3") --no-progress'
+    done = subprocess.run(
+        ["bash", "-c", command, sys.executable, str(model_dir), RULE, str(comments)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [row[0] for row in csv.reader(io.StringIO(done.stdout))][1:] == COMMENTS
+    # a named FIFO, fed by a writer that waits for the reader
+    fifo = tmp_path / "comments.fifo.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(comments.read_bytes()), daemon=True)
+    writer.start()
+    out = tmp_path / "scored.csv"
+    code, _, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", fifo, "--output", out)
+    writer.join(timeout=60)
+    assert code == 0 and len(out.read_text().splitlines()) == 1 + len(COMMENTS), err
+    code, _, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", tmp_path)
+    assert code == 2 and one_error_line(err).endswith(f"{tmp_path}: is a directory, not a file")
+    code, _, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", tmp_path / "none.csv")
+    assert code == 2 and one_error_line(err).endswith("none.csv: file not found")

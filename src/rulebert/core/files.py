@@ -137,6 +137,9 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 _CSV_LIMIT_LOCK = threading.Lock()
+CSV_FIELD_LIMIT = 1 << 30
+"""The largest CSV cell every reader takes (1 GiB; the csv module's default, 128 KiB, refuses long posts):
+predict, train and score alike, and what a JSON Lines line holds anyway."""
 
 
 @contextmanager

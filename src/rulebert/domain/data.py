@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from rulebert.core.errors import RulebertError
-from rulebert.core.files import csv_field_limit, sha256_file
+from rulebert.core.files import CSV_FIELD_LIMIT, csv_field_limit, sha256_file
 from rulebert.domain.text import is_blank
 
 BODY, RULE, SUBREDDIT, LABEL, ROW_ID = "body", "rule", "subreddit", "rule_violation", "row_id"
@@ -82,7 +82,7 @@ def _parse_csv(path: Path, text: str) -> pd.DataFrame:
     The ``csv`` module rather than ``pandas.read_csv``: pandas silently turns a row with one field too many
     into an index (shifting every column) and renames duplicate columns; here both are errors.
     """
-    with csv_field_limit(1 << 30):  # the default (128 KiB) rejects long posts
+    with csv_field_limit(CSV_FIELD_LIMIT):
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         header: list[str] | None = None
         records: list[list[str]] = []

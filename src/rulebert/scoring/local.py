@@ -38,7 +38,7 @@ from rulebert.scoring.readers import EXAMPLE_TEXT_COLUMNS as EXAMPLE_TEXT_COLUMN
 from rulebert.scoring.readers import TEXT_COLUMNS as TEXT_COLUMNS
 from rulebert.scoring.readers import Examples as Examples
 from rulebert.scoring.readers import Row as Row
-from rulebert.scoring.readers import comment_rows, open_input
+from rulebert.scoring.readers import check_input, comment_rows, open_input
 from rulebert.scoring.readers import read_examples as read_examples
 
 logger = logging.getLogger(__name__)
@@ -291,8 +291,8 @@ def score_file(
         raise RulebertError("give either --rule or --rules")
     if rules_path is not None and examples_path is not None:
         raise RulebertError("--examples goes with --rule; with --rules each rule carries its examples")
-    if str(input_path) != "-" and not Path(input_path).is_file():  # fail before the model loads
-        raise RulebertError(f"{input_path}: file not found")
+    if str(input_path) != "-":  # fail before the model loads
+        check_input(input_path)
     if str(output_path) != "-":
         output_format(output_path, "csv")
         check_output_place(output_path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
+from rulebert.core.files import CSV_FIELD_LIMIT, csv_field_limit
 from rulebert.domain.examples import RuleExamples
 from rulebert.domain.jsonl import decoded_lines, json_objects
 from rulebert.domain.text import is_blank
@@ -61,16 +62,26 @@ def _sniff(head: bytes) -> str:
     return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
 
 
+def check_input(path: str | os.PathLike) -> Path:
+    """``path`` as something to read: a file, or a stream (a FIFO, a shell's ``<(cat f.csv)``), read as
+    stdin is; a folder or nothing there is a one-line error. Only looked at: a stream is not opened."""
+    file = Path(path)
+    if file.is_dir():
+        raise RulebertError(f"{file}: is a directory, not a file")
+    if not file.exists():
+        raise RulebertError(f"{file}: file not found")
+    return file
+
+
 @contextlib.contextmanager
 def open_input(path: str) -> Iterator[tuple[io.BufferedReader, str, str]]:
-    """(binary handle, format, name for messages); ``-`` is stdin, whose format is sniffed."""
+    """(binary handle, format, name for messages); ``-`` is stdin, whose format is sniffed (as is a stream's
+    without an extension: ``/dev/fd/63``)."""
     if path == "-":
         handle = sys.stdin.buffer
         yield handle, _sniff(handle.peek(256)[:256]), "<stdin>"
         return
-    file = Path(path)
-    if not file.is_file():
-        raise RulebertError(f"{file}: file not found")
+    file = check_input(path)
     with open(file, "rb") as handle:
         fmt = FORMATS.get(file.suffix.lower()) or _sniff(handle.peek(256)[:256])
         yield handle, fmt, str(file)
@@ -85,14 +96,23 @@ def pick_column(columns: Sequence[str], wanted: Sequence[str], name: str, what: 
     raise RulebertError(f"{name}: no {what} column {names} (found: {found})")
 
 
+def _next_record(reader: Any, name: str) -> list[str] | None:
+    """The next CSV record, None at the end. The cell limit is raised for this one read (not for the
+    whole stream: the limit is process-wide and a lock guards it, see ``core.files.csv_field_limit``)."""
+    with csv_field_limit(CSV_FIELD_LIMIT):
+        try:
+            return next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as err:
+            raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
+
+
 def csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple[list[str], Iterator[Row]]:
     reader = csv.reader(decoded_lines(handle, name))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise RulebertError(f"{name}: file is empty") from None
-    except csv.Error as err:
-        raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
+    header = _next_record(reader, name)
+    if header is None:
+        raise RulebertError(f"{name}: file is empty")
     # a record is written back as {column: cell}: of two columns of one name, one would silently go
     duplicated = [column for i, column in enumerate(header) if column in header[:i]]
     if duplicated:
@@ -102,13 +122,7 @@ def csv_rows(handle: IO[bytes], name: str, text_columns: Sequence[str]) -> tuple
 
     def rows() -> Iterator[Row]:
         number = 0
-        while True:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                raise RulebertError(f"{name}: line {reader.line_num}: not a readable CSV ({err})") from None
+        while (cells := _next_record(reader, name)) is not None:
             if not cells:  # a blank line
                 continue
             number += 1
