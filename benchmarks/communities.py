@@ -206,22 +206,22 @@ def line_of(
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    # --variants: the product with one setting of domain.examples changed, scored beside it (same process,
-    # same memoised cross-encoder scores and embeddings, fresh example models)
-    "weights-skill": {"MEMBER_WEIGHTS": "skill"},
-    "weights-fixed": {"MEMBER_WEIGHTS": "fixed"},
+    # --variants: the product with one Scorer setting changed, scored beside it (same process, same
+    # memoised cross-encoder scores and embeddings, fresh example models)
+    "weights-skill": {"example_weights": "skill"},
+    "weights-fixed": {"example_weights": "fixed"},
 }
 _DEFAULTS: dict[str, Any] = {}
 
 
 def use_variant(scorer: Any, variant: str) -> None:
-    """Set ``domain.examples`` to ``variant``'s settings ("" = the product's own) and forget fitted rules."""
-    from rulebert.domain import examples
+    """Set the Scorer to ``variant``'s settings ("" = its own) and forget its fitted example models."""
+    from rulebert.domain.examples import ExampleModelCache
 
     for attribute in {a for settings in VARIANTS.values() for a in settings}:
-        _DEFAULTS.setdefault(attribute, getattr(examples, attribute))
-        setattr(examples, attribute, VARIANTS.get(variant, {}).get(attribute, _DEFAULTS[attribute]))
-    scorer._example_models = examples.ExampleModelCache()
+        _DEFAULTS.setdefault(attribute, getattr(scorer, attribute))
+        setattr(scorer, attribute, VARIANTS.get(variant, {}).get(attribute, _DEFAULTS[attribute]))
+    scorer._example_models = ExampleModelCache()
 
 
 def product_scores(

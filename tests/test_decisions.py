@@ -151,6 +151,7 @@ def test_train_on_decisions_alone_and_score_a_new_community(tiny_checkpoint, tmp
     from rulebert.inference.predict import Scorer
 
     scorer = Scorer(out)
+    assert scorer.example_weights == "skill"  # auto: its cross-encoder learnt from decision logs
     book = rulebook_text(RULES)
     details = scorer.predict([(book, "idiot stupid insult"), ("1. No memes", "kitten purr")], details=True)
     assert [d["mode"] for d in details] == ["trained", "zero-shot"]

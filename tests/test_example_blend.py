@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from rulebert.domain import examples as E
 from rulebert.domain.examples import ExampleModel, RuleExamples, shrink_to_evidence
 from tests.serving import make_model_dir
 
@@ -54,7 +53,7 @@ def test_shrinking_keeps_every_ranking_and_the_even_point():
     assert np.allclose(shrink_to_evidence(p, 10**9), p, atol=1e-8)
 
 
-def test_skill_weights_follow_each_members_ranking(monkeypatch):
+def test_skill_weights_follow_each_members_ranking():
     """``skill``: a cross-encoder that ranks the examples perfectly weighs 1, a useless member 0."""
     rng = np.random.default_rng(0)
     positive = tuple(f"spam offer {i} {rng.integers(1000)}" for i in range(12))
@@ -65,7 +64,15 @@ def test_skill_weights_follow_each_members_ranking(monkeypatch):
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     fixed = ExampleModel.fit(examples, ce, noise)
     assert fixed.weights["tfidf"] == fixed.weights["embedding"] == 1.0
-    monkeypatch.setattr(E, "MEMBER_WEIGHTS", "skill")
-    skilled = ExampleModel.fit(examples, ce, noise)
+    skilled = ExampleModel.fit(examples, ce, noise, weights="skill")
     assert skilled.weights["cross-encoder"] == pytest.approx(fixed.weights["cross-encoder"]) == 1.0
     assert skilled.weights["embedding"] < 0.5 < skilled.weights["tfidf"]
+
+
+def test_auto_weights_by_skill_only_a_model_that_learnt_from_decisions(model_dir):
+    from rulebert.domain.examples import member_weights
+    from rulebert.inference.predict import Scorer
+
+    assert member_weights("auto", True) == "skill" and member_weights("auto", False) == "fixed"
+    assert member_weights("fixed", True) == "fixed" and member_weights("skill", False) == "skill"
+    assert Scorer(model_dir).example_weights == "fixed"  # trained on competition rows

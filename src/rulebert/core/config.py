@@ -123,6 +123,17 @@ class TrainConfig:
     ``examples.MIN_BLEND_EXAMPLES`` of each label (a test file's example cells pooled per rule, a stored
     rule's lists), and blend that with the model's score even for a rule the model trained on (loro, mean of 3
     seeds: +0.009 column-averaged AUC, on both rules; docs/evaluation.md)."""
+    example_weights: Literal["auto", "fixed", "skill"] = field(
+        default="auto",
+        metadata={
+            "help": "how a rule's examples model weighs its members: fixed, skill (each by how well it "
+            "ranks the examples) or auto (skill for a model trained on --decisions)"
+        },
+    )
+    """How the per-rule examples model weighs TF-IDF, the embedding and the cross-encoder (read when scoring,
+    :func:`rulebert.domain.examples.member_weights`): ``fixed`` (1, 1 and the cross-encoder's skill on the
+    examples), ``skill`` (each member by its own skill), ``auto`` (``skill`` for a model trained on decision
+    logs, whose cross-encoder knows moderation; ``fixed`` otherwise)."""
     warmup_ratio: float = 0.1
     """Share of steps spent warming the learning rate up."""
     weight_decay: float = 0.01

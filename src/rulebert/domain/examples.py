@@ -169,11 +169,16 @@ class _Scale:
         return (np.asarray(values, dtype=np.float64) - self.mean) / self.std
 
 
-MEMBER_WEIGHTS = "fixed"
-"""How the examples model weighs its members: ``fixed`` (TF-IDF and embedding 1 each, the cross-encoder
-``max(0, 2 * AUC - 1)`` on the examples) or ``skill`` (every member ``max(0, 2 * AUC - 1)`` of its own
-out-of-fold scores of the examples, the cross-encoder's on the examples: a cross-encoder that knows what
-moderators remove weighs as much as it ranks). Measured leave-communities-out in docs/evaluation.md."""
+def member_weights(setting: str, learnt_from_decisions: bool) -> str:
+    """How the examples model weighs its members (``TrainConfig.example_weights``): ``fixed`` (TF-IDF and
+    embedding 1 each, the cross-encoder ``max(0, 2 * AUC - 1)`` on the examples: made for a cross-encoder
+    that is near chance on a new rule) or ``skill`` (every member ``max(0, 2 * AUC - 1)`` of its own
+    out-of-fold scores of the examples: a cross-encoder that knows what moderators remove weighs as much as it
+    ranks). ``auto``: ``skill`` for a model that learnt from moderators' decision logs, else ``fixed``
+    (measured leave-communities-out, docs/evaluation.md)."""
+    if setting == "auto":
+        return "skill" if learnt_from_decisions else "fixed"
+    return setting
 
 
 def _skill(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -194,7 +199,7 @@ class ExampleModel:
     chance."""
     methods: list[str] = field(default_factory=list)
     weights: dict[str, float] = field(default_factory=dict)
-    """Each member's weight in the sum (see :data:`MEMBER_WEIGHTS`)."""
+    """Each member's weight in the sum (see :func:`member_weights`)."""
     _tfidf: Callable | None = None
     _embedding: Callable | None = None
     _scales: dict[str, _Scale] = field(default_factory=dict)
@@ -212,6 +217,7 @@ class ExampleModel:
         vectors: np.ndarray | None = None,
         *,
         trained: bool = False,
+        weights: str = "fixed",
     ) -> ExampleModel:
         """Fit on ``examples`` (usable: both labels present). ``cross_encoder_scores`` are the model's
         probabilities for (rule, example) in the order of ``examples.texts``; ``vectors`` their unit-norm
@@ -242,7 +248,7 @@ class ExampleModel:
         model.methods = list(oof)
         model._scales = {name: _Scale.of(values) for name, values in oof.items()}
         model.weights = {name: 1.0 for name in model.methods} | {"cross-encoder": weight}
-        if MEMBER_WEIGHTS == "skill" and not trained:
+        if weights == "skill" and not trained:  # (a trained rule's in-sample scores say nothing of skill)
             skills = {name: _skill(labels, values) for name, values in oof.items()}
             if any(skills.values()):  # no member ranks the examples: all count alike, as in "fixed"
                 model.weights = skills
@@ -327,13 +333,15 @@ def blend_with_examples(
     trained: bool,
     fitted: ExampleModel | None = None,
     max_length: int = 512,
+    weights: str = "fixed",
 ) -> tuple[np.ndarray, list[dict[str, Any]] | None, ExampleModel]:
     """The one examples blend (``Scorer`` and ``rulebert evaluate`` both score through it): P(violation) of
     each of ``texts`` from the rule's ``examples`` and the cross-encoder's ``scores`` of the texts.
 
     ``score_examples(texts)``: the cross-encoder's probabilities of (rule, text); ``embed(texts)``: their
     sentence vectors, or None without an embedder; ``trained``: the model was trained on the rule (see
-    :meth:`ExampleModel.fit`); ``fitted``: a model fitted before on the same rule and examples (a cache hit);
+    :meth:`ExampleModel.fit`; ``weights``: :func:`member_weights`); ``fitted``: a model fitted before on the
+    same rule and examples (a cache hit);
     ``max_length``: the cross-encoder's (512, the most a BERT reads, for a caller without one). The texts and
     examples are cut here as the tokenizer's input is (``text.cut_for_tokenizer``), so the TF-IDF member and
     the embedder see what the cross-encoder sees: one 10 MB comment was tens of millions of character
@@ -348,7 +356,9 @@ def blend_with_examples(
     model = fitted
     if model is None:
         on_examples = np.asarray(score_examples(examples.texts))
-        model = ExampleModel.fit(examples, on_examples, embed(examples.texts), trained=trained)
+        model = ExampleModel.fit(
+            examples, on_examples, embed(examples.texts), trained=trained, weights=weights
+        )
     vectors = embed(list(texts))
     probabilities = model.score(texts, np.asarray(scores), vectors)
     return probabilities, None if vectors is None else model.nearest(vectors), model

@@ -25,6 +25,7 @@ from rulebert.domain.examples import (
     ExampleModelCache,
     RuleExamples,
     blend_with_examples,
+    member_weights,
     normalize_rule,
     rule_mode,
 )
@@ -97,6 +98,8 @@ class Scorer:
         self.metrics = read_metrics(self.model_dir)  # a loaded model dir does not change: read it once
         data = self.record.get("data") if isinstance(self.record.get("data"), dict) else {}
         self.trained_rules = {normalize_rule(r) for r in data.get("rules") or [] if isinstance(r, str)}
+        # how a rule's examples model weighs the cross-encoder: by skill once it learnt from decision logs
+        self.example_weights = member_weights(self.config.example_weights, bool(data.get("decisions")))
         self._embedder_path = find_embedder(self.model_dir)
         self._embedder: OnnxEmbedder | None = None  # loaded on the first rule with examples
         self._threads = threads
@@ -324,6 +327,7 @@ class Scorer:
                 trained=normalize_rule(rule) in self.trained_rules,
                 fitted=self._example_models.get(key),
                 max_length=self.config.max_length,
+                weights=self.example_weights,
             )
             self._example_models.put(key, model)
             if nearest is not None:
