@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -359,3 +360,40 @@ def test_a_stream_is_read_and_a_folder_named_as_one(model_dir, tmp_path):
     assert code == 2 and one_error_line(err).endswith(f"{tmp_path}: is a directory, not a file")
     code, _, err = run("score", "--model-dir", model_dir, "--rule", RULE, "--input", tmp_path / "none.csv")
     assert code == 2 and one_error_line(err).endswith("none.csv: file not found")
+
+
+# --- 7. one server per state dir ----------------------------------------------------------------------------
+
+
+def serve(model_dir: Path, *args: str | Path) -> tuple[int, str, str]:
+    """``rulebert serve`` expected to fail at start-up with a one-line error (a server that starts instead
+    is stopped after 60 s: a TimeoutExpired)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.serving import free_port
+
+    argv = [sys.executable, "-m", "rulebert.cli", "serve", "--model-dir", str(model_dir)]
+    argv += ["--port", str(free_port()), *map(str, args)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_a_second_server_on_a_state_dir_refuses_to_start(model_dir, tmp_path):
+    state = tmp_path / "state"
+    with start_server(model_dir, tmp_path / "a.log", extra_args=("--state-dir", str(state))) as first:
+        staging = state / "models" / ".adapting-job"  # what a running adaptation is writing
+        staging.mkdir()
+        code, _, err = serve(model_dir, "--state-dir", state)
+        assert code == 2 and one_error_line(err).endswith(
+            f"{state}: --state-dir is in use by another rulebert serve (pid {first.process.pid}); one server "
+            "per state dir"
+        )
+        assert staging.is_dir()  # the first server's job was left alone
+        assert httpx.get(first.url + "/healthz").status_code == 200
+    # the lock goes with its server: the next one starts (and recovers the folder)
+    with start_server(model_dir, tmp_path / "b.log", extra_args=("--state-dir", str(state))) as second:
+        assert (state / "server.lock").read_text().strip() == str(second.process.pid)
+        assert not staging.exists()

@@ -3,6 +3,8 @@
 - ``S/rules.sqlite3``: the stored rules (:class:`rulebert.server.rule_store.RuleStore`);
 - ``S/jobs.sqlite3``: adaptation jobs (:class:`rulebert.server.job_store.JobStore`), so that a restart still
   answers for them; one the last server left unfinished is marked failed, its staging folder removed;
+- ``S/server.lock``: held (``flock``) by the one server using S, its pid written in it: a second server on S
+  would take the first one's running job for a crashed one, fail it and delete its staging folder;
 - ``S/models/<UTC time>-<job>/``: adapted model dirs, newest last; a restart serves the newest one that
   descends from the ``--model-dir`` given (and verifies), else ``--model-dir`` itself;
 - one adaptation job at a time (:class:`Jobs`), run in a background thread while scoring goes on with the
@@ -23,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
 from rulebert.domain.rules import StoredRule, is_rule_id
@@ -35,6 +37,7 @@ from rulebert.server.validation import InvalidBody, error_body
 
 logger = logging.getLogger(__name__)
 
+LOCK_FILE = "server.lock"
 RULES_DB = "rules.sqlite3"
 JOBS_DB = "jobs.sqlite3"
 MODELS_DIR = "models"
@@ -74,6 +77,28 @@ class Served:
         return cls(scorer, model_name(Path(scorer.model_dir), record), record)
 
 
+def lock_state_dir(folder: Path) -> IO[str]:
+    """Hold ``folder`` for this process: an exclusive ``flock`` on ``folder/server.lock``, with this pid
+    written in it. The open file holds the lock (keep it); the kernel drops it when the process ends,
+    however it ends, so a crash leaves nothing to clean. Another holder is a one-line error naming its pid."""
+    import fcntl
+
+    handle = os.fdopen(os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="ascii")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = "".join(c for c in handle.read(32) if c.isdigit()) or "unknown"
+        handle.close()
+        raise RulebertError(
+            f"{folder}: --state-dir is in use by another rulebert serve (pid {holder}); one server per "
+            "state dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class ServedModel:
     """The model being served. ``current`` is replaced in one assignment: a request reads it once."""
 
@@ -95,6 +120,7 @@ class ServerState:
         # owner only: stored rules are moderators' data, and the state dir holds models it serves
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.models_dir.mkdir(mode=0o700, exist_ok=True)
+        self._lock = lock_state_dir(self.dir)  # before anything is read or recovered
         self.rules = RuleStore(rules_db if rules_db is not None else self.dir / RULES_DB)
         self.jobs = JobStore(self.dir / JOBS_DB)
         self._recover()
