@@ -397,3 +397,27 @@ def test_a_second_server_on_a_state_dir_refuses_to_start(model_dir, tmp_path):
     with start_server(model_dir, tmp_path / "b.log", extra_args=("--state-dir", str(state))) as second:
         assert (state / "server.lock").read_text().strip() == str(second.process.pid)
         assert not staging.exists()
+
+
+# --- 8. start-up errors in one line -------------------------------------------------------------------------
+
+
+def test_unusable_state_places_are_one_line_errors_before_any_output(model_dir, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").write_text("not a folder")
+    code, out, err = serve(model_dir, "--state-dir", state)
+    assert code == 2 and out == ""
+    assert one_error_line(err).endswith(
+        f"{state / 'models'}: the state dir's models folder exists and is not a directory"
+    )
+    fresh = tmp_path / "fresh"
+    code, out, err = serve(model_dir, "--state-dir", fresh, "--rules-db", "/proc/rules.sqlite3")
+    assert code == 2 and out == ""
+    assert one_error_line(err).endswith(
+        "/proc/rules.sqlite3: cannot create the rules database (No such file or directory)"
+    )
+    code, _, err = serve(model_dir, "--state-dir", "/proc/rulebert-state")
+    assert code == 2 and one_error_line(err).endswith(
+        "/proc/rulebert-state: cannot create --state-dir (No such file or directory)"
+    )

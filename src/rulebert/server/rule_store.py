@@ -33,7 +33,10 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
 
 def open_database(path: Path, create_table: str, what: str) -> None:
     """Create (owner only, WAL) or check an SQLite file of the state dir and its table."""
-    create_private(path)
+    try:
+        create_private(path)
+    except OSError as err:  # /proc/x.sqlite3, a read-only place: one line at start-up, not a traceback
+        raise RulebertError(f"{path}: cannot create the {what} database ({err.strerror or err})") from None
     try:
         with connect(path) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
@@ -52,7 +55,10 @@ class RuleStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            raise RulebertError(f"{self.path}: cannot create its folder ({err.strerror or err})") from None
         open_database(  # owner only: moderators' rules and examples
             self.path,
             "CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL)",

@@ -83,7 +83,11 @@ def lock_state_dir(folder: Path) -> IO[str]:
     however it ends, so a crash leaves nothing to clean. Another holder is a one-line error naming its pid."""
     import fcntl
 
-    handle = os.fdopen(os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="ascii")
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise RulebertError(f"{folder / LOCK_FILE}: cannot create it ({err.strerror or err})") from None
+    handle = os.fdopen(fd, "r+", encoding="ascii")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -97,6 +101,17 @@ def lock_state_dir(folder: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def state_folder(path: Path, what: str) -> None:
+    """Create ``path`` (owner only: stored rules are moderators' data, and it holds models it serves) or
+    check it is a folder: a one-line error either way, never a traceback at start-up."""
+    if path.exists() and not path.is_dir():
+        raise RulebertError(f"{path}: {what} exists and is not a directory")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise RulebertError(f"{err.filename or path}: cannot create {what} ({err.strerror or err})") from None
 
 
 class ServedModel:
@@ -114,12 +129,9 @@ class ServerState:
 
     def __init__(self, state_dir: str | os.PathLike, rules_db: str | os.PathLike | None = None) -> None:
         self.dir = Path(state_dir)
-        if self.dir.exists() and not self.dir.is_dir():
-            raise RulebertError(f"{self.dir}: --state-dir exists and is not a directory")
         self.models_dir = self.dir / MODELS_DIR
-        # owner only: stored rules are moderators' data, and the state dir holds models it serves
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.models_dir.mkdir(mode=0o700, exist_ok=True)
+        state_folder(self.dir, "--state-dir")
+        state_folder(self.models_dir, "the state dir's models folder")
         self._lock = lock_state_dir(self.dir)  # before anything is read or recovered
         self.rules = RuleStore(rules_db if rules_db is not None else self.dir / RULES_DB)
         self.jobs = JobStore(self.dir / JOBS_DB)
