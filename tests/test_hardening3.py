@@ -421,3 +421,45 @@ def test_unusable_state_places_are_one_line_errors_before_any_output(model_dir, 
     assert code == 2 and one_error_line(err).endswith(
         "/proc/rulebert-state: cannot create --state-dir (No such file or directory)"
     )
+
+
+# --- 9. loose permissions ---------------------------------------------------------------------------------
+
+
+def test_a_loose_state_dir_and_rules_db_are_made_private_with_one_warning(model_dir, tmp_path):
+    import os
+    import stat
+
+    from rulebert.server.state import ServerState
+
+    state = tmp_path / "state"
+    ServerState(state)  # an earlier server's files
+    os.chmod(state, 0o777)
+    os.chmod(state / "models", 0o755)
+    os.chmod(state / "rules.sqlite3", 0o666)
+    log = tmp_path / "server.log"
+    with start_server(model_dir, log, extra_args=("--state-dir", str(state))):
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert stat.S_IMODE((state / "models").stat().st_mode) == 0o700
+        assert stat.S_IMODE((state / "rules.sqlite3").stat().st_mode) == 0o600
+    warnings = [line for line in log.read_text().splitlines() if "open to other users" in line]
+    assert warnings == [
+        f"rulebert: warning: {state}: --state-dir was mode 777 (open to other users); now 700",
+        f"rulebert: warning: {state / 'models'}: the state dir's models folder was mode 755 (open to other "
+        "users); now 700",
+        f"rulebert: warning: {state / 'rules.sqlite3'}: was mode 666 (open to other users); now 600",
+    ], log.read_text()
+
+
+def test_a_shared_sticky_folder_is_never_chmod_ed(tmp_path, caplog):
+    import os
+    import stat
+
+    from rulebert.server.state import state_folder
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # as /tmp
+    state_folder(shared, "--state-dir")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert "shared (sticky) folder" in caplog.text

@@ -47,6 +47,16 @@ def create_private(path: str | os.PathLike) -> None:
         pass
 
 
+def tighten(path: str | os.PathLike, mode: int) -> int | None:
+    """Set an existing ``path`` to ``mode`` if group or others have any access to it; returns the looser
+    mode it had (for the caller's warning), else None. ``OSError`` where it cannot (another user's file)."""
+    old = stat.S_IMODE(os.stat(path).st_mode)
+    if not old & 0o077:
+        return None
+    os.chmod(path, mode)
+    return old
+
+
 def _final_mode(path: Path) -> int:
     """A replaced file keeps its permissions (a 0600 output stays 0600); a new one gets the usual ones."""
     try:

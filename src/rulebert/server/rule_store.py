@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -16,8 +17,10 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from rulebert.core.errors import RulebertError
-from rulebert.core.files import create_private
+from rulebert.core.files import create_private, tighten
 from rulebert.domain.rules import StoredRule, check_rule_id, rule_from_json
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -37,12 +40,26 @@ def open_database(path: Path, create_table: str, what: str) -> None:
         create_private(path)
     except OSError as err:  # /proc/x.sqlite3, a read-only place: one line at start-up, not a traceback
         raise RulebertError(f"{path}: cannot create the {what} database ({err.strerror or err})") from None
+    _make_private(path)
     try:
         with connect(path) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(create_table)
     except sqlite3.DatabaseError as err:
         raise RulebertError(f"{path}: not a usable {what} database ({err})") from None
+
+
+def _make_private(path: Path) -> None:
+    """An existing database (and its WAL files) readable by others, as an older rulebert or a copy left it:
+    owner only, with one warning line each."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            loose = tighten(file, 0o600) if file.exists() else None
+        except OSError as err:
+            logger.warning("%s: open to other users and cannot be made private (%s)", file, err)
+            continue
+        if loose is not None:
+            logger.warning("%s: was mode %o (open to other users); now 600", file, loose)
 
 
 class RuleStore:

@@ -18,6 +18,7 @@ import datetime as _dt
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
+from rulebert.core.files import tighten
 from rulebert.domain.rules import StoredRule, is_rule_id
 from rulebert.model.model_dir import lineage_root, verify_model_dir
 from rulebert.server.job_store import JobStore
@@ -112,6 +114,16 @@ def state_folder(path: Path, what: str) -> None:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
         raise RulebertError(f"{err.filename or path}: cannot create {what} ({err.strerror or err})") from None
+    if path.stat().st_mode & stat.S_ISVTX:  # /tmp itself, say: shared by design, never chmod-ed here
+        logger.warning("%s: %s is a shared (sticky) folder: give rulebert a folder of its own", path, what)
+        return
+    try:  # one made before (by hand, by an older rulebert) may be open to every user of the machine
+        loose = tighten(path, 0o700)
+    except OSError as err:
+        logger.warning("%s: %s is open to other users and cannot be made private (%s)", path, what, err)
+        return
+    if loose is not None:
+        logger.warning("%s: %s was mode %o (open to other users); now 700", path, what, loose)
 
 
 class ServedModel:
