@@ -463,3 +463,45 @@ def test_a_shared_sticky_folder_is_never_chmod_ed(tmp_path, caplog):
     state_folder(shared, "--state-dir")
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
     assert "shared (sticky) folder" in caplog.text
+
+
+# --- 10. an unreadable stored rule --------------------------------------------------------------------------
+
+
+def test_one_unreadable_stored_rule_fails_alone(model_dir, tmp_path):
+    import sqlite3
+
+    state = tmp_path / "state"
+    log = tmp_path / "server.log"
+    with start_server(model_dir, log, extra_args=("--state-dir", str(state))) as running:
+        assert post(running, "/v1/rules/good", {"text": RULE}, "PUT").status_code == 201
+        with sqlite3.connect(state / "rules.sqlite3") as db:  # what another program (or a bad disk) left
+            db.execute("INSERT INTO rules VALUES ('broken', '{\"text\": 5}', 1.0)")
+            db.execute("INSERT INTO rules VALUES ('garbage', 'not json', NULL)")
+        for _ in range(2):
+            listed = httpx.get(running.url + "/v1/rules")
+            assert listed.status_code == 200 and [r["id"] for r in listed.json()["rules"]] == ["good"]
+        why = "stored rule 'broken': field 'text' must be a non-empty string: PUT it again or DELETE it"
+        answer = httpx.get(running.url + "/v1/rules/broken")
+        assert answer.status_code == 409 and answer.json()["detail"] == why, answer.text
+        assert httpx.get(running.url + "/v1/rules/good").status_code == 200
+        assert httpx.get(running.url + "/v1/rules/none").status_code == 404
+        scored = post(running, "/v1/score", {"comment": COMMENTS[0], "rules": [{"id": "good"}]})
+        assert scored.status_code == 200, scored.text
+        scored = post(
+            running, "/v1/score", {"comment": COMMENTS[0], "rules": [{"id": "good"}, {"id": "broken"}]}
+        )
+        assert scored.status_code == 422 and scored.json()["detail"] == [
+            {
+                "type": "unreadable_rule",
+                "loc": ["body", "rules", 1, "id"],
+                "msg": why,
+                "input": "broken",
+            }
+        ]
+        adapt = post(running, "/v1/adapt", {})  # every readable rule: 'good' has no examples to adapt on
+        assert adapt.status_code == 422 and "rule 'good': adapting needs" in adapt.text, adapt.text
+        assert post(running, "/v1/rules/broken", {"text": RULE}, "PUT").status_code == 200  # the way out
+        assert httpx.get(running.url + "/v1/rules/broken").status_code == 200
+    skipped = [line for line in log.read_text().splitlines() if "skipped (PUT it again" in line]
+    assert len(skipped) == 2 and "'broken'" in skipped[0] and "'garbage': not JSON" in skipped[1], skipped

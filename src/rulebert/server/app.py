@@ -284,10 +284,7 @@ def create_app(
 
     @app.get("/v1/rules/{rule_id}", response_model=StoredRuleOut)
     async def get_rule(rule_id: str) -> StoredRuleOut:
-        rule = await run_in_threadpool(need_state().rules.get, stored_rule_id(rule_id))
-        if rule is None:
-            raise HTTPException(404, f"no stored rule {rule_id!r}")
-        return rule_out(rule)
+        return rule_out(await run_in_threadpool(need_state().stored_rule, stored_rule_id(rule_id)))
 
     @app.put(
         "/v1/rules/{rule_id}",

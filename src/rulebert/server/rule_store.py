@@ -62,6 +62,11 @@ def _make_private(path: Path) -> None:
             logger.warning("%s: was mode %o (open to other users); now 600", file, loose)
 
 
+class UnreadableRule(RulebertError):
+    """A stored row that is not a rule (written by another program or by hand, or damaged): it fails alone;
+    every other rule still reads."""
+
+
 class RuleStore:
     """Rules kept in an SQLite file: create/replace, read, list, delete. Safe from many threads (a connection
     per call) and from several processes on one machine (SQLite's locking; WAL journal).
@@ -72,6 +77,7 @@ class RuleStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._reported: set[tuple[object, object]] = set()  # bad rows already logged: once each
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
@@ -86,9 +92,28 @@ class RuleStore:
         return connect(self.path)
 
     @staticmethod
-    def _row(rule_id: str, body: str, updated: float) -> StoredRule:
-        rule = rule_from_json({"id": rule_id, **json.loads(body)}, f"stored rule {rule_id!r}")
-        return dataclasses.replace(rule, updated=updated)
+    def _row(rule_id: object, body: object, updated: object) -> StoredRule:
+        """A row as a rule, checked as a PUT body is; :class:`UnreadableRule` for one that is not."""
+        where = f"stored rule {str(rule_id)[:80]!r}"
+        try:
+            payload = json.loads(body)  # type: ignore[arg-type]
+        except (TypeError, ValueError, RecursionError) as err:
+            raise UnreadableRule(f"{where}: not JSON ({err})") from None
+        if not isinstance(payload, dict):
+            raise UnreadableRule(f"{where}: expected a JSON object, got {type(payload).__name__}")
+        try:
+            rule = rule_from_json({**payload, "id": rule_id}, where)
+        except RulebertError as err:
+            raise UnreadableRule(str(err)) from None
+        stamp = (
+            float(updated) if isinstance(updated, int | float) else 0.0
+        )  # a lost time is no reason to fail
+        return dataclasses.replace(rule, updated=stamp)
+
+    def _report(self, row: tuple, err: UnreadableRule) -> None:
+        if (row[0], row[2]) not in self._reported:  # (id, updated): a replaced row is reported again
+            self._reported.add((row[0], row[2]))
+            logger.warning("%s: %s: skipped (PUT it again or DELETE it)", self.path, err)
 
     def put(self, rule: StoredRule) -> tuple[StoredRule, bool]:
         """Create or replace a rule; returns it (with its time) and whether it is new."""
@@ -111,12 +136,24 @@ class RuleStore:
             row = connection.execute(
                 "SELECT id, body, updated FROM rules WHERE id = ?", (rule_id,)
             ).fetchone()
-        return None if row is None else self._row(*row)
+        if row is None:
+            return None
+        try:
+            return self._row(*row)
+        except UnreadableRule as err:
+            self._report(row, err)
+            raise
 
     def list(self) -> list[StoredRule]:
         with self._connect() as connection:
             rows = connection.execute("SELECT id, body, updated FROM rules ORDER BY id").fetchall()
-        return [self._row(*row) for row in rows]
+        rules = []
+        for row in rows:  # one bad row is left out (and logged), never the whole list
+            try:
+                rules.append(self._row(*row))
+            except UnreadableRule as err:
+                self._report(row, err)
+        return rules
 
     def delete(self, rule_id: str) -> bool:
         with self._connect() as connection:

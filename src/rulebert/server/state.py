@@ -33,7 +33,7 @@ from rulebert.core.files import tighten
 from rulebert.domain.rules import StoredRule, is_rule_id
 from rulebert.model.model_dir import lineage_root, verify_model_dir
 from rulebert.server.job_store import JobStore
-from rulebert.server.rule_store import RuleStore
+from rulebert.server.rule_store import RuleStore, UnreadableRule
 from rulebert.server.schema import Rule
 from rulebert.server.validation import InvalidBody, error_body
 
@@ -156,6 +156,19 @@ class ServerState:
         for path in self.models_dir.glob(f"{STAGING_PREFIX}*"):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
+
+    def stored_rule(self, rule_id: str) -> StoredRule:
+        """``GET /v1/rules/{id}``'s rule: a 404 without one, a 409 naming what is wrong with a row that
+        cannot be read (that id only: the others still read)."""
+        from fastapi import HTTPException
+
+        try:
+            rule = self.rules.get(rule_id)
+        except UnreadableRule as err:
+            raise HTTPException(409, f"{err}: PUT it again or DELETE it") from None
+        if rule is None:
+            raise HTTPException(404, f"no stored rule {rule_id!r}")
+        return rule
 
     def adapted_models(self) -> list[Path]:
         """Adapted model dirs, oldest first (their names start with a UTC time); staging dirs excluded."""
@@ -288,7 +301,12 @@ def with_stored(
     for i, rule in enumerate(rules):
         stored = None
         if rule.text is None and state is not None and is_rule_id(rule.id):
-            stored = state.rules.get(rule.id)
+            try:
+                stored = state.rules.get(rule.id)
+            except UnreadableRule as err:
+                msg = f"{err}: PUT it again or DELETE it"
+                errors.append({"type": "unreadable_rule", "loc": where(i), "msg": msg, "input": rule.id})
+                continue
         if rule.text is None and stored is None:
             why = (
                 f"no stored rule {rule.id!r}" if state is not None else "no stored rules (serve --state-dir)"
