@@ -365,20 +365,61 @@ def blend_with_examples(
 
 
 class ExampleModelCache:
-    """The last ``size`` fitted rules, by (rule, examples): a rule asked about again is not refitted."""
+    """Fitted rules by (rule, examples), the most recently used first kept: a rule asked about again is not
+    refitted. Bounded by memory (``budget`` bytes, an estimate per model: its TF-IDF vocabularies, its
+    coefficient arrays and example vectors) as well as by count: one rule with 32 long examples fits a
+    model of megabytes, and 256 of them, kept by count alone, held gigabytes (issue 34)."""
 
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._models: OrderedDict[str, ExampleModel] = OrderedDict()
+    def __init__(self, size: int = 256, budget: int = 256 * 2**20) -> None:
+        self.size, self.budget = size, budget
+        self.bytes = 0  # the estimated bytes of the models kept
+        self._models: OrderedDict[str, tuple[ExampleModel, int]] = OrderedDict()
 
     def get(self, key: str) -> ExampleModel | None:
-        model = self._models.get(key)
-        if model is not None:
-            self._models.move_to_end(key)
-        return model
+        entry = self._models.get(key)
+        if entry is None:
+            return None
+        self._models.move_to_end(key)
+        return entry[0]
 
     def put(self, key: str, model: ExampleModel) -> None:
-        self._models[key] = model
-        self._models.move_to_end(key)
-        while len(self._models) > self.size:
-            self._models.popitem(last=False)
+        old = self._models.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        cost = old[1] if old is not None and old[0] is model else self.estimate(model)
+        if cost > self.budget:  # larger than the whole cache: used once, never kept
+            return
+        self._models[key] = (model, cost)
+        self.bytes += cost
+        while len(self._models) > self.size or self.bytes > self.budget:
+            self.bytes -= self._models.popitem(last=False)[1][1]
+
+    @staticmethod
+    def estimate(model: object) -> int:
+        """Bytes an object holds, roughly: numpy arrays by ``nbytes``, containers, object attributes and
+        closures (a fitted scorer is a closure over a scikit-learn pipeline) walked; classes, modules and
+        functions' globals not (shared, not the model's)."""
+        import sys
+        import types
+
+        seen: set[int] = set()
+        stack, total = [model], 0
+        while stack:
+            item = stack.pop()
+            if id(item) in seen or isinstance(item, type | types.ModuleType):
+                continue
+            seen.add(id(item))
+            if isinstance(item, np.ndarray):
+                total += item.nbytes + 112
+                continue
+            total += sys.getsizeof(item)
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list | tuple | set | frozenset):
+                stack.extend(item)
+            elif isinstance(item, types.FunctionType):
+                stack.extend(cell.cell_contents for cell in item.__closure__ or ())
+            elif hasattr(item, "__dict__"):
+                stack.extend(vars(item).values())
+        return total

@@ -65,6 +65,7 @@ from rulebert.server.schema import (
     ScoreRequest,
     ScoreResponse,
     StoredRuleOut,
+    too_many_examples,
 )
 from rulebert.server.schema import MAX_BATCH as MAX_BATCH  # the limits, re-exported for callers of serve
 from rulebert.server.schema import MAX_COMMENT_BYTES as MAX_COMMENT_BYTES
@@ -126,6 +127,8 @@ def create_app(
     def score_rows(
         comments: list[str], subreddits: list[str | None], rules: list[Rule], threshold: float | None
     ) -> tuple[list[RuleScore], str]:
+        if (too_much := too_many_examples(rules)) is not None:  # before any fitting: 413
+            raise HTTPException(413, too_much)
         current = served.current  # one whole model per request, even while an adaptation switches it
         scorer = current.scorer
         arguments = (comments, [r.text for r in rules], [s or "" for s in subreddits])

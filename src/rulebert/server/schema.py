@@ -6,6 +6,7 @@ field is an error, never silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -23,6 +24,11 @@ MAX_EXAMPLES = 16  # per rule, for each of positive / negative
 MAX_RULES = 64  # rules per /v1/score request
 MAX_BATCH = 256  # items per /v1/score/batch request
 MAX_BODY_BYTES = 1_048_576  # whole request body
+# Fitting a rule's examples model takes seconds (TF-IDF + logistic regression, out of fold) while the scorer
+# is held: 64 rules of 32 examples each held it for 215 s. So the distinct labelled examples one request
+# makes the server fit, all its rules together (stored ones included), are bounded: 413 beyond.
+MAX_REQUEST_EXAMPLES = 512
+MAX_REQUEST_EXAMPLE_BYTES = 524_288
 MAX_ID_CHARS = 200
 MAX_SUBREDDIT_CHARS = 100
 LIMITS = {  # reported by /v1/model
@@ -33,6 +39,8 @@ LIMITS = {  # reported by /v1/model
     "rules_per_request": MAX_RULES,
     "items_per_batch": MAX_BATCH,
     "body_bytes": MAX_BODY_BYTES,
+    "examples_per_request": MAX_REQUEST_EXAMPLES,
+    "example_bytes_per_request": MAX_REQUEST_EXAMPLE_BYTES,
 }
 
 
@@ -81,6 +89,27 @@ class Rule(Strict):
         if self.text is None and self.id is None:
             raise ValueError("a rule needs its text, or the id of a stored rule")
         return self
+
+
+def too_many_examples(rules: Sequence[Rule]) -> str | None:
+    """Why fitting ``rules``' examples is too much work for one request (a 413's one-line reason), or None.
+
+    Counted before any fitting: each distinct (rule, examples) is one fit, and its distinct labelled
+    examples are what it fits on (the same rule in 256 batch items is fitted, and counted, once)."""
+    fits = {(r.text, frozenset(r.positive_examples), frozenset(r.negative_examples)) for r in rules}
+    examples = [text for _, positive, negative in fits for text in (*positive, *negative)]
+    if len(examples) > MAX_REQUEST_EXAMPLES:
+        return (
+            f"the request's rules have {len(examples)} distinct labelled examples to fit; the limit is "
+            f"{MAX_REQUEST_EXAMPLES} per request (examples_per_request): send fewer rules or examples at once"
+        )
+    size = sum(len(text.encode("utf-8")) for text in examples)
+    if size > MAX_REQUEST_EXAMPLE_BYTES:
+        return (
+            f"the request's rules have {size} bytes of labelled examples to fit; the limit is "
+            f"{MAX_REQUEST_EXAMPLE_BYTES} per request (example_bytes_per_request): send fewer at once"
+        )
+    return None
 
 
 class RuleBody(Strict):
