@@ -7,8 +7,11 @@ tests/test_hardening3.py.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import random
+import sqlite3
 import time
 
 import httpx
@@ -16,7 +19,11 @@ import numpy as np
 import pytest
 
 from rulebert.domain.examples import ExampleModel, ExampleModelCache, RuleExamples
+from rulebert.server.failures import BurstLog
+from rulebert.server.job_store import JobStore
+from rulebert.server.rule_store import RuleStore
 from rulebert.server.schema import MAX_REQUEST_EXAMPLE_BYTES, MAX_REQUEST_EXAMPLES
+from rulebert.server.state import Jobs
 from tests.serving import RULE, make_model_dir, start_server
 
 
@@ -116,3 +123,74 @@ def test_the_examples_cache_is_bounded_by_memory_not_only_count():
     small.put("0", models[0])
     assert small.get("0") is None and small.bytes == 0
 
+
+# --- 2. a full disk under the state dir -------------------------------------------------------------------
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def full_database(*args, **kwargs):
+    raise sqlite3.OperationalError("database or disk is full")  # what SQLite says of a full disk
+
+
+@pytest.fixture()
+def state_client(model_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from rulebert.server.app import create_app
+
+    state = tmp_path / "state"
+    with TestClient(create_app(model_dir, state_dir=state), raise_server_exceptions=False) as client:
+        yield client, state
+
+
+def test_a_full_disk_is_a_json_507_logged_once_per_burst(state_client, monkeypatch, caplog):
+    client, state = state_client
+    rule = {"text": RULE, "positive_examples": ["buy now"], "negative_examples": ["nice day"]}
+    assert client.put("/v1/rules/ads", json=rule).status_code == 201
+    monkeypatch.setattr(RuleStore, "put", full_disk)
+    monkeypatch.setattr(RuleStore, "delete", full_database)
+    caplog.set_level(logging.WARNING)
+    answers = [client.put(f"/v1/rules/r{i}", json=rule) for i in range(368)] + [
+        client.delete("/v1/rules/ads")
+    ]
+    assert {a.status_code for a in answers} == {507}
+    assert {a.headers["content-type"] for a in answers} == {"application/json"}
+    detail = answers[0].json()["detail"]
+    assert detail.startswith(f"no space left on the state dir: {state}") and "No space left" in detail
+    assert "\n" not in detail and "disk is full" in answers[-1].json()["detail"]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "507" in warnings[0].getMessage() and warnings[0].exc_info is None
+    # the disk is freed: the server works again, scoring never stopped
+    monkeypatch.undo()
+    assert client.put("/v1/rules/r1", json=rule).status_code == 201
+    assert client.post("/v1/score", json={"comment": "hi", "rules": [{"id": "ads"}]}).status_code == 200
+
+
+def test_an_adaptation_job_that_cannot_be_recorded_is_a_507_and_not_left_active(state_client, monkeypatch):
+    client, _ = state_client
+    rule = {"text": RULE, "positive_examples": ["buy now"], "negative_examples": ["nice day"]}
+    assert client.put("/v1/rules/ads", json=rule).status_code == 201
+    monkeypatch.setattr(Jobs, "_run", lambda self, job, rules: None)  # no training here: only the queueing
+    monkeypatch.setattr(JobStore, "save", full_disk)
+    assert client.post("/v1/adapt").status_code == 507
+    monkeypatch.setattr(JobStore, "save", lambda self, job: None)
+    assert client.post("/v1/adapt").status_code == 202  # not 409: the failed job was never active
+
+
+def test_other_store_failures_are_still_500s(state_client, monkeypatch):
+    client, _ = state_client
+    monkeypatch.setattr(RuleStore, "put", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    assert client.put("/v1/rules/x", json={"text": RULE}).status_code == 500
+
+
+def test_the_burst_log_reports_the_failures_it_held_back(caplog):
+    now = [0.0]
+    burst = BurstLog(quiet=60, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING)
+    for step in (0, 1, 1, 1, 100):
+        now[0] += step
+        burst("disk full")
+    assert [r.getMessage() for r in caplog.records] == ["disk full", "disk full (3 more before this one)"]

@@ -27,7 +27,6 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
@@ -36,6 +35,7 @@ from rulebert.core.errors import RulebertError
 from rulebert.core.logs import attach_stderr_handler
 from rulebert.domain.rules import RULE_ID_RULE, StoredRule, check_adaptable, is_rule_id, rule_from_json
 from rulebert.model.model_dir import VALIDATION_SCOPE
+from rulebert.server.failures import install as install_failure_handlers
 from rulebert.server.guard import (
     API_KEY_ENV,
     KEEP_ALIVE_SECONDS,
@@ -73,7 +73,7 @@ from rulebert.server.schema import MAX_EXAMPLES as MAX_EXAMPLES
 from rulebert.server.schema import MAX_RULES as MAX_RULES
 from rulebert.server.state import Busy, Jobs, Served, ServedModel, ServerState, checkpoint_name, with_stored
 from rulebert.server.validation import MAX_ERRORS as MAX_ERRORS  # re-exported: the 422 cap is part of the API
-from rulebert.server.validation import InvalidBody, error_body, parse_body
+from rulebert.server.validation import parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -195,16 +195,7 @@ def create_app(
         redoc_url=None,
     )
 
-    @app.exception_handler(InvalidBody)
-    async def invalid_body(request: Request, exc: InvalidBody) -> Response:
-        return Response(exc.content, status_code=422, media_type="application/json")
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        # Not the request bodies (those are validated in _parse), but any other parameter: the same
-        # capped, always-encodable answer, computed off the event loop.
-        content = await run_in_threadpool(error_body, exc.errors())
-        return Response(content, status_code=422, media_type="application/json")
+    install_failure_handlers(app, state.dir if state is not None else None)  # 422, 507
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -244,11 +244,12 @@ class Jobs:
             if self._active is not None:
                 raise Busy(f"adaptation job {self._active.job} is {self._active.status}; one at a time")
             job = JobState(uuid.uuid4().hex[:12], [rule.id for rule in rules])
+            snapshot = job.to_json()
+            # saved first: a job that cannot be recorded (a full disk: 507) is not left "active" for ever
+            self.state.jobs.save(snapshot)
             self._active = self._jobs[job.job] = job
             while len(self._jobs) > KEEP_JOBS:
                 self._jobs.popitem(last=False)
-            snapshot = job.to_json()
-            self.state.jobs.save(snapshot)
         threading.Thread(target=self._run, args=(job, rules), name=f"adapt-{job.job}", daemon=True).start()
         return snapshot
 
