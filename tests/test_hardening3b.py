@@ -11,20 +11,25 @@ import errno
 import json
 import logging
 import random
+import shutil
 import sqlite3
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from rulebert.core.files import sha256_file
 from rulebert.domain.examples import ExampleModel, ExampleModelCache, RuleExamples
 from rulebert.server.failures import BurstLog
 from rulebert.server.job_store import JobStore
 from rulebert.server.rule_store import RuleStore
 from rulebert.server.schema import MAX_REQUEST_EXAMPLE_BYTES, MAX_REQUEST_EXAMPLES
 from rulebert.server.state import Jobs
+from tests.conftest import make_frame
 from tests.serving import RULE, make_model_dir, start_server
+from tests.test_hardening_cli import one_error_line, run
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +199,97 @@ def test_the_burst_log_reports_the_failures_it_held_back(caplog):
         now[0] += step
         burst("disk full")
     assert [r.getMessage() for r in caplog.records] == ["disk full", "disk full (3 more before this one)"]
+
+
+# --- 3. a tampered model dir, its hashes redone -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_dir(model_dir, tmp_path_factory):
+    """``model_dir`` with ``model.int8.onnx`` (``rulebert export --int8``)."""
+    folder = tmp_path_factory.mktemp("exported") / "model"
+    shutil.copytree(model_dir, folder)
+    code, _, err = run("export", "--model-dir", folder, "--int8")
+    assert code == 0, err
+    return folder
+
+
+@pytest.fixture()
+def tampered(exported_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(exported_dir, folder)
+    make_frame(6, seed=2, labelled=False).to_csv(tmp_path / "test.csv", index=False)
+    return folder
+
+
+def redo_hash(model_dir: Path, name: str) -> None:
+    """Record ``name``'s new hash where the dir lists it (rulebert.json or onnx.json), as a crafted dir
+    would: only the checks of what the file says can refuse it."""
+    if name.endswith(".onnx"):
+        record = json.loads((model_dir / "onnx.json").read_text())
+        record[name]["sha256"] = sha256_file(model_dir / name)
+        (model_dir / "onnx.json").write_text(json.dumps(record))
+    else:
+        record = json.loads((model_dir / "rulebert.json").read_text())
+        record["files_sha256"][name] = sha256_file(model_dir / name)
+        (model_dir / "rulebert.json").write_text(json.dumps(record))
+
+
+def predict(model_dir: Path, backend: str) -> tuple[int, str, Path]:
+    out = model_dir.parent / "submission.csv"
+    test = model_dir.parent / "test.csv"
+    code, _, err = run(
+        "predict", "--model-dir", model_dir, "--test", test, "--output", out, "--backend", backend
+    )
+    return code, err, out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"vocab_size": 100}, "vocab_size 100 does not hold the tokenizer's"),
+        ({"vocab_size": 40_000}, "the model does not load (RuntimeError"),  # the weights' shapes differ
+        ({"model_type": "evilbert"}, "model_type 'evilbert' is not one transformers knows"),
+    ],
+)
+def test_a_config_json_edited_with_its_hash_redone_is_one_line(tampered, change, message):
+    config = json.loads((tampered / "config.json").read_text())
+    (tampered / "config.json").write_text(json.dumps({**config, **change}))
+    redo_hash(tampered, "config.json")
+    code, err, out = predict(tampered, "torch")
+    line = one_error_line(err)
+    assert code == 2 and f"{tampered / 'config.json'}: " in line and message in line
+    assert not out.exists()
+    code, _, err = run("export", "--model-dir", tampered)
+    assert code == 2 and message in one_error_line(err)
+
+
+def foreign_graph(path: Path) -> None:
+    """A valid ONNX graph that is not a rulebert export: input_ids in, ``scores`` out."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["scores"], to=TensorProto.FLOAT)],
+        "foreign",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "tokens"])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize(
+    ("swap", "message"),
+    [
+        (foreign_graph, "not a rulebert export: it has no output 'logits'"),
+        (lambda path: path.write_bytes(b"not a graph at all"), "not a graph ONNX Runtime can run"),
+    ],
+)
+def test_a_swapped_onnx_graph_is_one_line_before_any_output(tampered, swap, message):
+    graph = tampered / "model.int8.onnx"
+    swap(graph)
+    redo_hash(tampered, graph.name)
+    code, err, out = predict(tampered, "onnx")
+    line = one_error_line(err)
+    assert code == 2 and f"{graph}: {message}" in line
+    assert not out.exists()  # the CSV header was written before ONNX Runtime refused the output name

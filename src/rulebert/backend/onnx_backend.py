@@ -15,6 +15,7 @@ import numpy as np
 
 from rulebert.backend.batching import Features, batch_limits, run_batches, violation_probability
 from rulebert.backend.device import physical_cores
+from rulebert.core.errors import RulebertError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,13 @@ class OnnxBackend:
 
     device = "cpu"
 
-    def __init__(self, path: str | os.PathLike, tokenizer: Any = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tokenizer: Any = None,
+        threads: int | None = None,
+        output: str = "logits",
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -38,9 +45,15 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or physical_cores()
         options.inter_op_num_threads = 1
-        source = _session_source(self.path)
-        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        try:  # a file swapped for another graph (its hash redone) fails here, before anything is written
+            source = _session_source(self.path)
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnx's DecodeError, onnxruntime's Fail / InvalidGraph: no common base
+            raise RulebertError(
+                f"{self.path}: not a graph ONNX Runtime can run ({_first_line(err)})"
+            ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        check_graph(self.path, self.input_names, [o.name for o in self.session.get_outputs()], output)
         self.tokenizer = (
             tokenizer if tokenizer is not None else LightTokenizer(self.path.parent, self.input_names)
         )
@@ -71,6 +84,25 @@ class OnnxBackend:
         return run_batches(features, run, max_tokens=max_tokens, max_rows=max_rows, progress=progress)
 
 
+def check_graph(path: Path, inputs: Sequence[str], outputs: Sequence[str], output: str) -> None:
+    """The graph takes rulebert's inputs (``input_ids``, and only ``INPUT_ORDER``'s names) and gives
+    ``output``: checked when the session is made, so a foreign graph is a one-line error naming the file
+    before the first batch (ONNX Runtime said "Invalid output name" after the CSV header was written)."""
+    unknown = [name for name in inputs if name not in INPUT_ORDER]
+    if "input_ids" not in inputs or unknown:
+        raise RulebertError(
+            f"{path}: not a rulebert export: its inputs are {list(inputs)[:8]} (expected {list(INPUT_ORDER)})"
+        )
+    if output not in outputs:
+        raise RulebertError(
+            f"{path}: not a rulebert export: it has no output {output!r} (its outputs: {list(outputs)[:8]})"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
 def _session_source(path: Path) -> bytes:
     """The graph ONNX Runtime opens for ``path``: the file's, with the work it does several times or for
     nothing removed (:mod:`rulebert.backend.graph_dedupe`: the attention mask once instead of once per layer;
@@ -82,7 +114,6 @@ def _session_source(path: Path) -> bytes:
 
     from rulebert.backend.graph_dedupe import drop_repeated_work
     from rulebert.backend.rowquant import ACTIVATIONS, per_token_activations
-    from rulebert.core.errors import RulebertError
     from rulebert.model.model_dir import read_onnx_record
 
     model = onnx.load(str(path))
@@ -171,7 +202,7 @@ class OnnxEmbedder:
     encoder, exported at training time), on ONNX Runtime. Used to learn from a rule's examples."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        self.backend = OnnxBackend(path, threads=threads)
+        self.backend = OnnxBackend(path, threads=threads, output="embedding")
         self.tokenizer = self.backend.tokenizer
 
     def embed(self, features: Features, *, max_tokens: int = 4096, max_rows: int = 256) -> np.ndarray:

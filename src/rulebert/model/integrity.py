@@ -99,6 +99,25 @@ def check_positions(folder: Path, config: dict[str, Any], max_length: int, where
         )
 
 
+def check_model_type(path: Path, config: dict[str, Any]) -> None:
+    """``config.json``'s model_type is one transformers knows (else it raises a ValueError of many lines)."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise RulebertError(f"{path}: model_type {str(model_type)[:80]!r} is not one transformers knows")
+
+
+def check_vocabulary(path: Path, config: dict[str, Any], tokens: int) -> None:
+    """The embedding table (``vocab_size``) holds every token id the tokenizer gives: a smaller one fails to
+    load the weights, or, with weights cut to match, fails on the first comment with an unseen id."""
+    size = config.get("vocab_size")
+    if size is None:  # a model type that keeps it elsewhere: its weights' shapes are the check
+        return
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < tokens:
+        raise RulebertError(f"{path}: vocab_size {size!r} does not hold the tokenizer's {tokens} tokens")
+
+
 def refuse_remote_code(folder: Path) -> None:
     """A checkpoint whose config asks for its own Python code (``auto_map``) is refused: loading it would
     run code from the folder (transformers asks y/N on a terminal; a "y" runs it)."""

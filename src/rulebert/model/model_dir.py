@@ -30,8 +30,11 @@ from rulebert.core.files import sha256_file, write_json_atomic
 from rulebert.domain.calibration import Calibrator
 from rulebert.model.card import write_card
 from rulebert.model.integrity import (
+    HF_CONFIG,
     check_hashes,
+    check_model_type,
     check_positions,
+    check_vocabulary,
     hash_files,
     read_hf_config,
     refuse_remote_code,
@@ -271,8 +274,17 @@ def load_model_dir(model_dir: str | os.PathLike) -> tuple[Any, Any, TrainConfig,
     record = verify_model_dir(model_dir)
     config = TrainConfig.from_dict(record["config"])
     refuse_remote_code(Path(model_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=False)
+    where = Path(model_dir) / HF_CONFIG
+    check_model_type(where, read_hf_config(Path(model_dir)))
+    # config.json passed its hash check, but its hash may have been redone: what transformers then raises
+    # (a KeyError, a size mismatch's RuntimeError) is a one-line error naming the file, not a traceback
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        check_vocabulary(where, read_hf_config(Path(model_dir)), len(tokenizer))
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=False)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
+        first = " ".join(str(err).split(". ")[0].split())[:300]
+        raise RulebertError(f"{where}: the model does not load ({type(err).__name__}: {first})") from None
     model.eval()
     return model, tokenizer, config, record
 
