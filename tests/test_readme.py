@@ -73,9 +73,10 @@ def test_every_readme_command_parses_as_written(command):
 
 @pytest.fixture()
 def readme_folder(tiny_checkpoint, tmp_path):
-    """A folder with what the README's score commands name: runs/model, rules.jsonl (the README's own
-    example rule), comments.csv / .jsonl, ads-examples.csv, rulebook.txt and decisions.csv."""
+    """A folder with what the README's score commands name: runs/model, runs/moderation/model, rules.jsonl
+    (the README's own example rule), comments.csv / .jsonl, ads-examples.csv, rulebook.txt, decisions.csv."""
     make_model_dir(tiny_checkpoint, tmp_path / "runs" / "model")
+    make_model_dir(tiny_checkpoint, tmp_path / "runs" / "moderation" / "model")  # the community section's
     rule = re.search(r"```json\n(\{.*?\})\n```", README.read_text(encoding="utf-8"), flags=re.S).group(1)
     (tmp_path / "rules.jsonl").write_text(json.dumps(json.loads(rule)) + "\n", encoding="utf-8")
     with open(tmp_path / "comments.csv", "w", newline="", encoding="utf-8") as handle:
