@@ -34,10 +34,10 @@ def server(model_dir, tmp_path_factory):
         yield up
 
 
-def post(server, path: str, body: bytes | dict, method: str = "POST") -> httpx.Response:
+def post(server, path: str, body: bytes | dict, method: str = "POST", timeout: float = 60) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
-    return httpx.request(method, server.url + path, content=content, headers=headers, timeout=60)
+    return httpx.request(method, server.url + path, content=content, headers=headers, timeout=timeout)
 
 
 def nested(depth: int) -> str:

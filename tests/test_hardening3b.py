@@ -27,6 +27,7 @@ from rulebert.server.job_store import JobStore
 from rulebert.server.rule_store import RuleStore
 from rulebert.server.schema import MAX_REQUEST_EXAMPLE_BYTES, MAX_REQUEST_EXAMPLES
 from rulebert.server.state import Jobs
+from tests import test_hardening3 as hardening3
 from tests.conftest import make_frame
 from tests.serving import RULE, make_model_dir, start_server
 from tests.test_hardening_cli import one_error_line, run
@@ -45,8 +46,7 @@ def server(model_dir, tmp_path_factory):
 
 
 def post(server, path: str, body: dict) -> httpx.Response:
-    headers = {"Content-Type": "application/json"}
-    return httpx.post(server.url + path, content=json.dumps(body).encode(), headers=headers, timeout=600)
+    return hardening3.post(server, path, body, timeout=600)  # a request at the limit fits for a minute
 
 
 def texts(rng: random.Random, n: int, size: int = 480) -> list[str]:
