@@ -25,7 +25,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -94,12 +94,21 @@ class RuleExamples:
         return digest.hexdigest()
 
 
-def rule_mode(rule: str, examples: RuleExamples | None, trained_rules: set[str] | frozenset[str]) -> str:
+Mode = Literal["trained", "examples", "zero-shot"]
+"""How a score was made: the model was trained on the rule's text; the rule's examples were used at scoring
+time; or neither (the cross-encoder alone, on a rule it never saw: treat the score with caution)."""
+TRAINED: Mode = "trained"
+EXAMPLES: Mode = "examples"
+ZERO_SHOT: Mode = "zero-shot"
+MODES: tuple[Mode, ...] = (TRAINED, EXAMPLES, ZERO_SHOT)
+
+
+def rule_mode(rule: str, examples: RuleExamples | None, trained_rules: set[str] | frozenset[str]) -> Mode:
     """``trained`` (``normalize_rule(rule)`` is among the model's ``trained_rules``), ``examples`` (usable
     examples of both labels) or ``zero-shot``: how a rule is scored."""
     if normalize_rule(rule) in trained_rules:
-        return "trained"
-    return "examples" if examples is not None and examples.usable else "zero-shot"
+        return TRAINED
+    return EXAMPLES if examples is not None and examples.usable else ZERO_SHOT
 
 
 def tfidf_scorer(

@@ -22,7 +22,10 @@ from rulebert.backend.torch_backend import TorchBackend
 from rulebert.core.config import TrainConfig
 from rulebert.core.errors import RulebertError
 from rulebert.domain.examples import (
+    EXAMPLES,
+    TRAINED,
     ExampleModelCache,
+    Mode,
     RuleExamples,
     blend_with_examples,
     member_weights,
@@ -39,10 +42,6 @@ from rulebert.model.model_dir import (
     read_onnx_record,
     verify_model_dir,
 )
-
-MODES = ("trained", "examples", "zero-shot")
-"""How a score was made: the model was trained on the rule's text; the rule's examples were used at scoring
-time; or neither (the cross-encoder alone, on a rule it never saw: treat the score with caution)."""
 
 
 def open_backend(
@@ -115,7 +114,7 @@ class Scorer:
         calibrated on the rule's own labelled examples (a Platt fit on their out-of-fold scores), so 0.5 is
         that community's own even point; the model's ``threshold`` was chosen on the training rules'
         validation rows and belongs to the scale of the model's scores (``trained``, ``zero-shot``)."""
-        return 0.5 if mode == "examples" else self.threshold
+        return 0.5 if mode == EXAMPLES else self.threshold
 
     def encode(
         self, bodies: Sequence[str], rules: Sequence[str], subreddits: Sequence[str] | None = None
@@ -144,8 +143,9 @@ class Scorer:
         entry = read_onnx_record(self.model_dir).get(key)
         return entry.get("source") if isinstance(entry, dict) else None
 
-    def mode(self, rule: str, examples: RuleExamples | None = None) -> str:
-        """``trained``, ``examples`` or ``zero-shot`` (see :data:`MODES`) for a rule and its examples."""
+    def mode(self, rule: str, examples: RuleExamples | None = None) -> Mode:
+        """``trained``, ``examples`` or ``zero-shot`` (:data:`rulebert.domain.examples.Mode`): how a rule
+        with these examples is scored."""
         return rule_mode(rule, examples, self.trained_rules)
 
     @overload
@@ -302,7 +302,7 @@ class Scorer:
             if ident not in parsed:
                 examples = RuleExamples.of(pos, neg)
                 mode = self.mode(rule, examples)
-                used = mode == "examples" or (mode == "trained" and self._blends(examples))
+                used = mode == EXAMPLES or (mode == TRAINED and self._blends(examples))
                 parsed[ident] = (mode, examples.key(rule) if used else None, examples)
             mode, key, examples = parsed[ident]
             modes.append(mode)

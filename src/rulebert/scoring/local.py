@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from rulebert.core.errors import RulebertError
 from rulebert.core.files import atomic_write, check_output_place
+from rulebert.domain.examples import ZERO_SHOT
 from rulebert.domain.text import is_blank, text_problem
 from rulebert.scoring.readers import (  # re-exported: callers read through them
     EXAMPLE_LABEL_COLUMNS as EXAMPLE_LABEL_COLUMNS,
@@ -120,7 +121,7 @@ class ScoredRule:
 def _mode(scorer: Any, target: ScoredRule) -> str:
     """How ``scorer`` scores the rule: one mode per rule (it depends on the rule and its examples only)."""
     if not hasattr(scorer, "mode"):  # a stand-in with only ``score``
-        return "zero-shot"
+        return ZERO_SHOT
     return scorer.mode(target.text, target.examples.rule_examples())
 
 
@@ -202,7 +203,7 @@ def score_stream(
     scored = list(rule)
     modes = {target.mode_column: _mode(scorer, target) for target in scored}
     for target in scored:
-        if modes[target.mode_column] == "zero-shot":
+        if modes[target.mode_column] == ZERO_SHOT:
             warn(
                 f"{target.name}: scored zero-shot (the model was not trained on this rule and it has no "
                 "examples of both labels): treat its scores with caution; --examples (or examples in "

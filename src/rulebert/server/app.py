@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from rulebert._version import __version__
 from rulebert.core.errors import RulebertError
 from rulebert.core.logs import attach_stderr_handler
+from rulebert.domain.examples import ZERO_SHOT
 from rulebert.domain.rules import RULE_ID_RULE, StoredRule, check_adaptable, is_rule_id, rule_from_json
 from rulebert.model.model_dir import VALIDATION_SCOPE
 from rulebert.server.failures import install as install_failure_handlers
@@ -142,7 +143,7 @@ def create_app(
             else:  # a stand-in with only ``score`` (tests, wrappers): no modes to report
                 n = len(comments)
                 details = {"probability": scorer.score(*arguments, **examples)}
-                details |= {"mode": ["zero-shot"] * n, "evidence": [None] * n}
+                details |= {"mode": [ZERO_SHOT] * n, "evidence": [None] * n}
         flag_at = getattr(scorer, "flag_threshold", lambda mode: scorer.threshold)
         scores = []
         for i, (rule, p, mode, evidence) in enumerate(
@@ -167,7 +168,7 @@ def create_app(
     def mode_of(rule: StoredRule) -> str:
         scorer = served.current.scorer
         if not hasattr(scorer, "mode"):
-            return "zero-shot"
+            return ZERO_SHOT
         from rulebert.domain.examples import RuleExamples
 
         return scorer.mode(rule.text, RuleExamples.of(rule.positive_examples, rule.negative_examples))
