@@ -200,3 +200,4 @@ def test_learning_failure_reasons():
     assert "collapsed" in learning_failure({"col_auc": 0.8}, [0.5], np.full(10, 0.37))
     assert "ln 2" in learning_failure(None, [0.6, LN2, LN2 + 0.001, LN2], np.zeros(0))
     assert learning_failure(None, [0.69, 0.6, 0.5, 0.4], np.zeros(0)) is None
+    assert learning_failure(None, [0.72, 0.71, 0.70, 0.705], np.zeros(0)) is None  # noisy, not a collapse
