@@ -112,7 +112,8 @@ def test_the_kaggle_flow_runs_offline_from_the_wheelhouse(notebook, tiny_checkpo
     assert len((out / "submission.csv").read_text().splitlines()) == 11
     model = out / "model"
     # matplotlib (report.html) and onnx/onnxruntime (the sentence embedder) came with the core install
-    assert "not written" not in log and "not exported" not in log, log
+    # (a refused int8 export of this 1-epoch tiny model is its own warning: the model, not the install)
+    assert "report.html not written" not in log and "embedder not exported" not in log, log
     for name in ("report.html", "embedder/embedder.int8.onnx", "README.md", "rulebert.json"):
         assert (model / name).is_file(), name
 
